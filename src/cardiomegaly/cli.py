@@ -1,0 +1,199 @@
+"""The ``cardiomegaly`` command line: parses, calls the library, prints where results went.
+
+Exit status: 0 success, 2 bad usage or bad input (one line, no traceback), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .config import DataConfig, SplitConfig
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _image_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < 75:
+        raise argparse.ArgumentTypeError(f"{value} is under 75, InceptionV3's smallest input")
+    return value
+
+
+def _next_run(base: Path, name: str) -> Path:
+    """runs/<command>/<name>, <name>2, <name>3 ... : the first that does not exist."""
+    for i in range(1, 10_000):
+        candidate = base / (name if i == 1 else f"{name}{i}")
+        if not candidate.exists():
+            return candidate
+    raise UserError(f"{base}: too many runs named {name}; clean up or give --out")
+
+
+def _fresh_folder(path: Path) -> Path:
+    """A folder we may write into without touching anything the user has."""
+    if path.is_file():
+        raise UserError(f"{path}: is a file; give a folder to write into")
+    if path.exists() and any(path.iterdir()):
+        raise UserError(f"{path}: exists and is not empty; give a new folder (nothing was changed)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create folder ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{path}: folder is not writable")
+    return path
+
+
+# ------------------------------------------------------------------------------------- commands
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.phantom import synthesize
+
+    out = _fresh_folder(Path(args.out))
+    print(f"writing {args.n} phantoms ({args.size} px, seed {args.seed}) to {out}")
+    csv = synthesize(out, n=args.n, size=args.size, seed=args.seed)
+    print(f"images      {out / 'images'}")
+    print(f"table       {csv}")
+    print(f"contact     {out / 'contact_sheet.png'}")
+    print("phantoms are synthetic: for demos and tests, never for medical claims")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data.cache import ImageCache
+    from .data.records import load_records
+    from .data.split import patient_split, save_splits
+    from .summary import summarize
+
+    config = DataConfig(views=args.views) if args.views else None
+    records = load_records(args.data, config)
+    cache = None if args.no_check else ImageCache(args.image_size, root=args.cache_dir)
+    summary = summarize(records, cache)
+    split = None
+    if summary.blocking is None and len(records):
+        split = patient_split(records, SplitConfig(seed=args.seed))
+    for line in summary.lines(split):
+        print(line)
+    if cache is not None:
+        print(f"cache       {cache.folder}")
+    if args.splits and split is not None:
+        save_splits(records, split, args.splits)
+        print(f"splits      {args.splits}")
+    if summary.blocking:
+        raise UserError(f"{args.data}: cannot be trained on: {summary.blocking}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else _next_run(Path("runs") / "demo", "demo")
+    phantoms = out / "phantoms"
+    cmd_synth(argparse.Namespace(out=phantoms, n=args.n, size=args.size, seed=args.seed))
+    print()
+    cmd_data(
+        argparse.Namespace(
+            data=str(phantoms),
+            views=None,
+            no_check=False,
+            image_size=299,
+            cache_dir=None,
+            seed=args.seed,
+            splits=str(out / "splits.csv"),
+        )
+    )
+    print(f"\ndemo folder {out}  (training, evaluation and Grad-CAM join the demo as they land)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cardiomegaly",
+        description="Detect cardiomegaly on chest X-rays. Research tool, not a medical device.",
+    )
+    parser.add_argument("--version", action="version", version=f"cardiomegaly {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("synth", help="write synthetic chest-film phantoms with known CTR")
+    p.add_argument("out", help="new folder to write into")
+    p.add_argument("--n", type=_positive_int, default=600, help="number of films (600)")
+    p.add_argument("--size", type=_image_size, default=512, help="pixels per side (512)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("data", help="summarise a data source and list its problems")
+    p.add_argument("data", help="data folder, CSV, data YAML, or 'synthetic'")
+    p.add_argument("--views", nargs="+", choices=["PA", "AP"], help="keep only these views")
+    p.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=299,
+        help="decode every image once at this size, filling the cache (299)",
+    )
+    p.add_argument("--no-check", action="store_true", help="count rows only; decode nothing")
+    p.add_argument("--cache-dir", help="preprocessing cache (default: user cache folder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient-wise split shown (0)")
+    p.add_argument("--splits", metavar="FILE", help="also write the split to this splits.csv")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("demo", help="the whole flow on phantoms, end to end")
+    p.add_argument("--out", help="demo folder (default runs/demo/demoN)")
+    p.add_argument("--n", type=_positive_int, default=200, help="number of phantoms (200)")
+    p.add_argument("--size", type=_image_size, default=320, help="phantom size (320)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cardiomegaly`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"cardiomegaly {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cardiomegaly {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("CARDIOMEGALY_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"cardiomegaly {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(set CARDIOMEGALY_DEBUG=1 for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Typed configuration: dataclasses that load from and save to YAML.
+
+Unknown keys fail with a suggestion, so a typo never silently falls back to a default::
+
+    >>> from cardiomegaly.config import DataConfig, from_dict
+    >>> from_dict(DataConfig, {"format": "nih", "views": ["PA"]}).views
+    ['PA']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+FORMATS = ("nih", "chexpert", "mimic", "csv", "folder", "synthetic")
+RESIZE_POLICIES = ("pad", "squash")
+
+
+@dataclass
+class Columns:
+    """Column names of a generic CSV (format ``csv``); empty means absent."""
+
+    path: str = "path"
+    label: str = "label"
+    patient: str = ""
+    view: str = ""
+    sex: str = ""
+    age: str = ""
+    # Heart box as four columns: x_min, y_min, x_max, y_max (pixels of the stored image).
+    box: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how their rows become labelled records.
+
+    Example data YAML for a generic CSV::
+
+        format: csv
+        csv: labels.csv
+        image_root: images
+        columns: {path: filename, label: label}
+        patient_regex: '^(\\d+)_'
+        positive: [Cardiomegaly]
+        negative: [No Finding]
+    """
+
+    format: str | None = None  # detected from the files when empty
+    root: str | None = None  # folder the relative paths hang from; default: the YAML's folder
+    csv: str | None = None  # the main table (csv, nih, chexpert); detected for nih/chexpert/mimic
+    bbox_csv: str | None = None  # NIH BBox_List_2017.csv; detected when next to the main table
+    image_root: str | None = None  # where image paths are resolved; default: root
+    columns: Columns = field(default_factory=Columns)
+    positive: list[str] = field(default_factory=lambda: ["Cardiomegaly", "1", "positive"])
+    negative: list[str] = field(default_factory=lambda: ["No Finding", "0", "negative"])
+    # "no-finding": only No Finding rows are negatives; "all-others": every row without the finding.
+    negatives: str = "no-finding"
+    uncertain: str = "ignore"  # CheXpert/MIMIC -1.0: ignore | ones | zeros
+    views: list[str] = field(default_factory=lambda: ["PA", "AP"])
+    frontal_only: bool = True
+    patient_regex: str | None = None  # first group (or whole match) of the file name is the patient
+    # Phantoms generated on the fly (format synthetic without a phantoms.csv).
+    n: int = 600
+    size: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in FORMATS:
+            raise ConfigError(_unknown("format", self.format, FORMATS))
+        if self.negatives not in ("no-finding", "all-others"):
+            raise ConfigError(_unknown("negatives", self.negatives, ("no-finding", "all-others")))
+        if self.uncertain not in ("ignore", "ones", "zeros"):
+            raise ConfigError(_unknown("uncertain", self.uncertain, ("ignore", "ones", "zeros")))
+        self.views = [v.upper() for v in self.views]
+        bad = [v for v in self.views if v not in ("PA", "AP")]
+        if bad or not self.views:
+            raise ConfigError(f"views: {bad or self.views} is not a list of PA and/or AP")
+        if self.columns.box and len(self.columns.box) != 4:
+            raise ConfigError("columns.box: give four columns: x_min, y_min, x_max, y_max")
+
+
+@dataclass
+class SplitConfig:
+    """Patient-wise, stratified train/val/test split."""
+
+    train: float = 0.70
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+    split_file: str | None = None  # reuse an earlier splits.csv instead of drawing one
+
+    def __post_init__(self) -> None:
+        fractions = (self.train, self.val, self.test)
+        if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+            raise ConfigError(f"split fractions {fractions} must be non-negative and add up to 1")
+
+
+@dataclass
+class PreprocessConfig:
+    """How an image becomes the model's input; written into every model file."""
+
+    image_size: int = 299
+    resize: str = "pad"  # pad: keep aspect ratio, black borders; squash: stretch to a square
+
+    def __post_init__(self) -> None:
+        if self.image_size < 75:
+            raise ConfigError(f"image size {self.image_size} is under 75, InceptionV3's minimum")
+        if self.resize not in RESIZE_POLICIES:
+            raise ConfigError(_unknown("resize", self.resize, RESIZE_POLICIES))
+
+
+def _unknown(what: str, value: Any, choices: typing.Iterable[str]) -> str:
+    choices = list(choices)
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{what}: unknown value '{value}' (choose from {', '.join(choices)}){hint}"
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass ``cls`` from a plain dict, refusing unknown keys with a suggestion.
+
+    >>> from_dict(SplitConfig, {"seed": 3}).seed
+    3
+    """
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(f"{where}{key}: unknown key{hint}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+            value = from_dict(kind, value, where=f"{where}{key}.")
+        elif _is_list(kind) and isinstance(value, (str, int, float)):
+            value = [str(value)]
+        elif _is_list(kind) and isinstance(value, list):
+            value = [str(v) for v in value]
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a value of the wrong type reaching __post_init__
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+
+
+def _is_list(kind: Any) -> bool:
+    if typing.get_origin(kind) is list:
+        return True
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(typing.get_origin(a) is list for a in typing.get_args(kind))
+    return False
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a file that is not one fails with its name."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not a readable YAML file ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping of keys to values")
+    return data
+
+
+def save_yaml(obj: Any, path: str | Path) -> None:
+    """Write a dataclass (or dict) as YAML, atomically."""
+    from .fileio import atomic_write_text
+
+    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

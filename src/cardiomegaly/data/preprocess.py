@@ -1,0 +1,53 @@
+"""Geometry shared by every consumer: a decoded image to the model's square input.
+
+>>> import numpy as np
+>>> to_square(np.ones((100, 50), np.float32), 75).shape
+(75, 75)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from ..config import RESIZE_POLICIES
+
+
+def to_square(arr: np.ndarray, size: int, resize: str = "pad") -> np.ndarray:
+    """Resize a 2-D float image to ``size`` x ``size``.
+
+    ``pad`` keeps the aspect ratio and centres the image on black (the cardiothoracic geometry is
+    unchanged); ``squash`` stretches it. Pillow's resampling is antialiased when shrinking.
+    """
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize must be one of {RESIZE_POLICIES}, not {resize!r}")
+    im = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
+    if resize == "squash":
+        out = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+        return np.clip(out, 0.0, 1.0)
+    h, w = arr.shape
+    scale = size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    small = np.asarray(im.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.float32)
+    canvas = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    canvas[top : top + nh, left : left + nw] = small
+    return np.clip(canvas, 0.0, 1.0)
+
+
+def box_to_square(
+    box: tuple[float, float, float, float], width: int, height: int, size: int, resize: str = "pad"
+) -> tuple[float, float, float, float]:
+    """Map a box (x, y, w, h) in original pixels to the ``to_square`` output's pixels.
+
+    >>> box_to_square((100, 0, 50, 50), 200, 100, 100)
+    (50.0, 25.0, 25.0, 25.0)
+    """
+    x, y, bw, bh = box
+    if resize == "squash":
+        sx, sy = size / width, size / height
+        return x * sx, y * sy, bw * sx, bh * sy
+    scale = size / max(width, height)
+    nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
+    left, top = (size - nw) // 2, (size - nh) // 2
+    return left + x * scale, top + y * scale, bw * scale, bh * scale

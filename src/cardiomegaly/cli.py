@@ -89,15 +89,16 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     config = DataConfig(views=args.views) if args.views else None
     records = load_records(args.data, config)
-    cache = None if args.no_check else ImageCache(args.image_size, root=args.cache_dir)
-    summary = summarize(records, cache)
+    summary = summarize(records)
+    if not args.no_check and summary.blocking is None:  # decode only data worth training on
+        summary = summarize(records, ImageCache(args.image_size, root=args.cache_dir))
     split = None
     if summary.blocking is None and len(records):
         split = patient_split(records, SplitConfig(seed=args.seed))
     for line in summary.lines(split):
         print(line)
-    if cache is not None:
-        print(f"cache       {cache.folder}")
+    if summary.checked:
+        print(f"cache       {ImageCache(args.image_size, root=args.cache_dir).folder}")
     if args.splits and split is not None:
         save_splits(records, split, args.splits)
         print(f"splits      {args.splits}")

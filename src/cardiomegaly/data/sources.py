@@ -171,10 +171,12 @@ def read_nih(root: Path, cfg: DataConfig) -> Result:
 
     image_root = root / cfg.image_root if cfg.image_root else root
     index = _image_index(image_root)
+    # Where a missing file is reported: the images/ folder when the data has one.
+    expected = image_root / "images" if (image_root / "images").is_dir() else image_root
     sex_column = "Patient Gender" if "Patient Gender" in df.columns else "Patient Sex"
     table = pd.DataFrame(
         {
-            "path": df["Image Index"].map(lambda n: _find_image(index, image_root, n)),
+            "path": df["Image Index"].map(lambda n: _find_image(index, expected, n)),
             "label": label,
             "patient": df["Patient ID"].str.strip(),
             "view": df.get("View Position", pd.Series("", index=df.index)).str.upper().str.strip(),

@@ -1,0 +1,29 @@
+"""Shared fixtures: an isolated cache per test session and the optional real NIH sample."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+NIH_SAMPLE = Path(
+    os.environ.get(
+        "CARDIOMEGALY_NIH_SAMPLE",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "nih-cxr-cardiomegaly",
+    )
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """No test reads or writes the user's real cache folder."""
+    monkeypatch.setenv("CARDIOMEGALY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def nih_sample() -> Path:
+    """The real NIH sample beside the repository; the test is skipped where it is absent."""
+    if not (NIH_SAMPLE / "Data_Entry_2017_v2020.csv").is_file():
+        pytest.skip(f"real NIH sample not found at {NIH_SAMPLE}")
+    return NIH_SAMPLE

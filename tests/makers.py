@@ -1,0 +1,265 @@
+"""The one place that makes synthetic test inputs: images, DICOM files, dataset CSVs.
+
+Everything is small (tens of pixels, a handful of rows) and written under a pytest tmp_path.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+# Known strings planted in DICOM headers; none may ever appear in any output.
+IDENTIFIERS = {
+    "PatientName": "Doe^Jane^Secret",
+    "PatientID": "MRN-7731-SECRET",
+    "PatientBirthDate": "19450317",
+    "AccessionNumber": "ACC-99812-SECRET",
+    "InstitutionName": "St Example Secret Hospital",
+}
+
+
+def gradient(h: int = 40, w: int = 48) -> np.ndarray:
+    """A float image in [0, 1] that rises left to right (0 at the left edge, 1 at the right)."""
+    return np.tile(np.linspace(0, 1, w, dtype=np.float32), (h, 1))
+
+
+def write_png(path: Path, mode: str = "L", h: int = 40, w: int = 48) -> Path:
+    """A horizontal ramp PNG in the given Pillow mode ('I;16' for 16-bit grey)."""
+    ramp = gradient(h, w)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(path, format="PNG")
+        return path
+    grey = Image.fromarray((ramp * 255).round().astype(np.uint8), mode="L")
+    if mode == "L":
+        grey.save(path, format="PNG")
+    elif mode == "LA":
+        Image.merge("LA", (grey, Image.new("L", grey.size, 200))).save(path)
+    elif mode == "RGB":
+        Image.merge("RGB", (grey, grey, grey)).save(path)
+    elif mode == "RGBA":
+        Image.merge("RGBA", (grey, grey, grey, Image.new("L", grey.size, 255))).save(path)
+    elif mode == "P":
+        grey.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(path)
+    else:
+        raise ValueError(mode)
+    return path
+
+
+def write_jpeg(path: Path, mode: str = "L", h: int = 40, w: int = 48) -> Path:
+    ramp = gradient(h, w)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grey = Image.fromarray((ramp * 255).round().astype(np.uint8), mode="L")
+    {"L": grey, "RGB": grey.convert("RGB"), "CMYK": grey.convert("RGB").convert("CMYK")}[mode].save(
+        path, format="JPEG", quality=95
+    )
+    return path
+
+
+def write_png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose IHDR claims width x height pixels, with almost no data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+    return path
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray | None = None,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits: int = 16,
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+    frames: int = 1,
+    syntax: str = "explicit",
+    view: str = "PA",
+    with_pixels: bool = True,
+    preamble: bool = True,
+) -> Path:
+    """A small DX DICOM with identifying tags set to the known strings of IDENTIFIERS.
+
+    ``syntax``: explicit (little endian, uncompressed), rle (RLE Lossless), jpeg2000 (lossless),
+    jpeg (baseline, 8-bit, encoded by Pillow and encapsulated).
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        DigitalXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        JPEG2000Lossless,
+        JPEGBaseline8Bit,
+        RLELossless,
+        generate_uid,
+    )
+
+    if pixels is None:
+        pixels = (gradient(32, 40) * (2**bits - 1)).round()
+    dtype = np.uint8 if bits == 8 else np.uint16
+    pixels = np.asarray(pixels).astype(dtype)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    for key, value in IDENTIFIERS.items():
+        setattr(ds, key, value)
+    ds.PatientSex = "F"
+    ds.PatientAge = "067Y"
+    ds.Modality = "DX"
+    ds.ViewPosition = view
+    ds.PhotometricInterpretation = photometric
+    ds.SamplesPerPixel = 1
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.BitsAllocated = 8 if bits == 8 else 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept or 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        pixels = np.stack([pixels] * frames)
+    if with_pixels:
+        ds.PixelData = pixels.tobytes()
+    if syntax == "rle":
+        ds.compress(RLELossless, pixels, generate_instance_uid=False)
+    elif syntax == "jpeg2000":
+        ds.compress(JPEG2000Lossless, pixels, generate_instance_uid=False)
+    elif syntax == "jpeg":
+        import io
+
+        from pydicom.encaps import encapsulate
+
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8), mode="L").save(buffer, format="JPEG", quality=95)
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=preamble)
+    return path
+
+
+# ------------------------------------------------------------------------------ dataset layouts
+
+
+def write_nih(
+    root: Path,
+    rows: list[tuple[str, str, str, str]],
+    stored_as: str = ".jpg",
+    boxes: dict[str, tuple] | None = None,
+    nested: bool = False,
+) -> Path:
+    """An NIH ChestX-ray14 folder: rows of (Image Index, Finding Labels, Patient ID, view)."""
+    image_dir = root / ("images_001/images" if nested else "images")
+    table = []
+    for i, (index, labels, patient, view) in enumerate(rows):
+        stem = Path(index).stem
+        if stored_as:
+            write_png(image_dir / f"{stem}.png") if stored_as == ".png" else write_jpeg(
+                image_dir / f"{stem}{stored_as}"
+            )
+        table.append({
+            "Image Index": index, "Finding Labels": labels, "Follow-up #": i,
+            "Patient ID": patient, "Patient Age": 40 + i, "Patient Gender": "MF"[i % 2],
+            "View Position": view, "OriginalImage[Width": 2500, "Height]": 2048,
+            "OriginalImagePixelSpacing[x": 0.143, "y]": 0.143,
+        })  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(table).to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
+    if boxes:
+        lines = ["Image Index,Finding Label,Bbox [x,y,w,h],,,"]
+        lines += [f"{k},Cardiomegaly,{x},{y},{w},{h}" for k, (x, y, w, h) in boxes.items()]
+        (root / "BBox_List_2017.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_chexpert(root: Path, rows: list[dict]) -> Path:
+    """A CheXpert-v1.0-small folder; each row gives patient, study, view, flags ('' = blank)."""
+    table = []
+    for row in rows:
+        rel = (
+            f"CheXpert-v1.0-small/train/{row['patient']}/study{row.get('study', 1)}/"
+            f"view1_{row.get('fl', 'frontal').lower()}.jpg"
+        )
+        write_jpeg(root.parent / rel)
+        table.append({
+            "Path": rel, "Sex": row.get("sex", "Female"), "Age": row.get("age", 60),
+            "Frontal/Lateral": row.get("fl", "Frontal"), "AP/PA": row.get("view", "PA"),
+            "No Finding": row.get("nf", ""), "Enlarged Cardiomediastinum": "",
+            "Cardiomegaly": row["cardio"], "Lung Opacity": "",
+        })  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(table).to_csv(root / "train.csv", index=False)
+    return root
+
+
+def write_mimic(root: Path, images: list[dict], studies: list[dict], split: bool = True) -> Path:
+    """MIMIC-CXR-JPG: images (dicom, subject, study, view) and study labels (flags)."""
+    for im in images:
+        s = im["subject"]
+        write_jpeg(
+            root / "files" / f"p{s[:2]}" / f"p{s}" / f"s{im['study']}" / f"{im['dicom']}.jpg"
+        )
+    pd.DataFrame(
+        [
+            {
+                "dicom_id": im["dicom"],
+                "subject_id": im["subject"],
+                "study_id": im["study"],
+                "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
+                "ViewPosition": im["view"],
+                "Rows": 40,
+                "Columns": 48,
+            }
+            for im in images
+        ]
+    ).to_csv(root / "mimic-cxr-2.0.0-metadata.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "subject_id": st["subject"],
+                "study_id": st["study"],
+                "Atelectasis": "",
+                "Cardiomegaly": st["cardio"],
+                "No Finding": st.get("nf", ""),
+            }
+            for st in studies
+        ]
+    ).to_csv(root / "mimic-cxr-2.0.0-chexpert.csv", index=False)
+    if split:
+        pd.DataFrame(
+            [
+                {
+                    "dicom_id": im["dicom"],
+                    "study_id": im["study"],
+                    "subject_id": im["subject"],
+                    "split": "train",
+                }
+                for im in images
+            ]
+        ).to_csv(root / "mimic-cxr-2.0.0-split.csv", index=False)
+    return root

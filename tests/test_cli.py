@@ -107,3 +107,18 @@ def test_python_dash_m_and_console_script_both_run():
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
         assert "cardiomegaly" in result.stdout
+
+
+def test_demo_writes_phantoms_summary_and_split(tmp_path, capsys):
+    code, out, _ = run(capsys, "demo", "--out", tmp_path / "d", "--n", 8, "--size", 80)
+    assert code == 0
+    assert (tmp_path / "d" / "phantoms" / "contact_sheet.png").is_file()
+    assert "images      8" in out and f"demo folder {tmp_path / 'd'}" in out
+    saved = tmp_path / "d" / "splits.csv"
+    code, again, _ = run(capsys, "data", tmp_path / "d" / "phantoms", "--split-file", saved)
+    assert code == 0
+
+    def split_rows(text):
+        return [ln for ln in text.splitlines() if ln.lstrip().startswith(("train", "val", "test"))]
+
+    assert len(split_rows(out)) == 3 and split_rows(again) == split_rows(out)

@@ -94,7 +94,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         summary = summarize(records, ImageCache(args.image_size, root=args.cache_dir))
     split = None
     if summary.blocking is None and len(records):
-        split = patient_split(records, SplitConfig(seed=args.seed))
+        split = patient_split(records, SplitConfig(seed=args.seed, split_file=args.split_file))
     for line in summary.lines(split):
         print(line)
     if summary.checked:
@@ -110,20 +110,16 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _next_run(Path("runs") / "demo", "demo")
     phantoms = out / "phantoms"
-    cmd_synth(argparse.Namespace(out=phantoms, n=args.n, size=args.size, seed=args.seed))
-    print()
-    cmd_data(
-        argparse.Namespace(
-            data=str(phantoms),
-            views=None,
-            no_check=False,
-            image_size=299,
-            cache_dir=None,
-            seed=args.seed,
-            splits=str(out / "splits.csv"),
-        )
-    )
-    print(f"\ndemo folder {out}  (training, evaluation and Grad-CAM join the demo as they land)")
+    parser = build_parser()
+    steps = [
+        ["synth", phantoms, "--n", args.n, "--size", args.size, "--seed", args.seed],
+        ["data", phantoms, "--seed", args.seed, "--splits", out / "splits.csv"],
+    ]
+    for step in steps:
+        step_args = parser.parse_args([str(a) for a in step])
+        step_args.func(step_args)
+        print()
+    print(f"demo folder {out}  (training, evaluation and Grad-CAM join the demo as they land)")
     return 0
 
 
@@ -158,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="count rows only; decode nothing")
     p.add_argument("--cache-dir", help="preprocessing cache (default: user cache folder)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-wise split shown (0)")
+    p.add_argument("--split-file", metavar="FILE", help="show this saved splits.csv instead")
     p.add_argument("--splits", metavar="FILE", help="also write the split to this splits.csv")
     p.set_defaults(func=cmd_data)
 

@@ -69,8 +69,7 @@ class ImageCache:
         except (FileNotFoundError, ValueError, OSError):
             stored = None
         if stored is not None and stored.shape == (self.size, self.size):
-            scale = 255.0 if stored.dtype == np.uint8 else 65535.0
-            return stored.astype(np.float32) / scale
+            return _to_float(stored)
         arr, meta = load_image(path, target_size=self.size, resize=self.resize)
         out = to_square(arr, self.size, self.resize)
         # 8-bit sources lose nothing in uint8; deeper ones keep 16 bits.
@@ -84,8 +83,7 @@ class ImageCache:
                 np.save(f, stored, allow_pickle=False)
         except OSError as exc:  # a full or read-only cache slows us down but breaks nothing
             log.warning("cannot write cache entry %s (%s)", entry, exc)
-        scale = 255.0 if stored.dtype == np.uint8 else 65535.0
-        return stored.astype(np.float32) / scale
+        return _to_float(stored)  # the stored values, so a hit and a miss return the same
 
     def warm(
         self, paths: Sequence[str | Path], workers: int | None = None, progress: bool = True
@@ -115,3 +113,8 @@ class ImageCache:
             )
             failures = [r for r in bar if r is not None]
         return failures
+
+
+def _to_float(stored: np.ndarray) -> np.ndarray:
+    scale = 255.0 if stored.dtype == np.uint8 else 65535.0
+    return stored.astype(np.float32) / scale

@@ -126,7 +126,7 @@ def render_phantom(
 
     # Mediastinum with the aortic knob on the patient's left.
     med_half = 0.085 + 0.02 * np.clip((v + 0.3) / 0.4, 0, 1)
-    mediastinum = np.minimum(np.abs(u - 0.01) - med_half, v_heart - v)
+    mediastinum = np.maximum(np.abs(u - 0.01) - med_half, v - v_heart)  # band above heart
     knob = _ellipse(u, v, 0.09, -0.36, 0.065, 0.06)
     mediastinum = np.minimum(np.maximum(mediastinum, -1), knob)
 
@@ -152,7 +152,7 @@ def render_phantom(
             nu, nv = uu + length * math.cos(angle), vv + length * math.sin(angle)
             draw.line(
                 [to_px(uu, vv), to_px(nu, nv)],
-                fill=float(w * 60),
+                fill=0.7 * 0.85**depth,
                 width=max(1, round(w * size / 2)),
             )
             if depth < 5:
@@ -170,14 +170,14 @@ def render_phantom(
     s = np.clip((au - 0.06) / half_t, 0, 1.12)
     lateral = _soft(au - (half_t + 0.06), 2 * eps) * _soft(0.06 - au, eps * 2)
     for k in range(10):
-        v0 = apex + 0.02 + k * patient["rib_gap"]
-        centre = v0 - 0.10 * s + 0.42 * s**2
+        v0 = apex + 0.02 + k * patient["rib_gap"] * (0.85 + 0.04 * k)  # wider apart below
+        centre = v0 - 0.12 * s + 0.55 * s**2
         band = _soft(np.abs(v - centre) - 0.022, eps * 1.5)
         cortex = _soft(np.abs(np.abs(v - centre) - 0.02) - 0.004, eps)
         ribs += (0.55 * band + 0.35 * cortex) * lateral
         va = v0 + 0.33 - 0.22 * (1 - s)
         anterior = _soft(np.abs(v - va) - 0.018, eps * 2) * _soft(0.3 - s, 0.02) * lateral
-        ribs += 0.25 * anterior * (s > 0.3)
+        ribs += 0.15 * anterior * (s > 0.3)
     ribs = np.minimum(ribs, 1.0)
     tilt = 0.02 if ap else -0.10  # AP: clavicles project higher and more horizontal
     t = np.clip((au - 0.06) / 0.5, 0, 1)
@@ -200,7 +200,7 @@ def render_phantom(
         0.62 * thickness
         - 0.40 * lungs * (0.6 + 0.4 * air_depth)
         + 0.08 * heart * (1 - below_diaphragm)
-        + 0.16 * vessel_map * lungs
+        + 0.25 * vessel_map * lungs
         - 0.10 * trachea
         + 0.22 * spine * torso * (1 - 0.5 * heart)
         + 0.10 * ribs
@@ -273,7 +273,7 @@ def _patient_anatomy(seed: int, patient: int) -> dict:
         "thorax": rng.uniform(0.58, 0.70),
         "body": rng.uniform(0.80, 0.92),
         "diaphragm": rng.uniform(0.30, 0.42),
-        "dome": rng.uniform(0.10, 0.16),
+        "dome": rng.uniform(0.16, 0.24),
         "heart_shift": rng.normal(0.01, 0.015),
         "heart_height": rng.uniform(0.55, 0.65),
         "rib_gap": rng.uniform(0.095, 0.115),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,6 +139,13 @@ def test_mimic_joins_study_labels_to_images_and_filters_views(tmp_path):
         "Cardiomegaly uncertain (-1; policy 'ignore')": 1,
     }
     assert set(t["source_split"]) == {"train"} and not records.missing
+
+    for name in ("chexpert", "metadata"):  # PhysioNet ships the tables gzipped
+        plain = root / f"mimic-cxr-2.0.0-{name}.csv"
+        with gzip.open(f"{plain}.gz", "wb") as f:
+            f.write(plain.read_bytes())
+        plain.unlink()
+    assert load_records(root).table.drop(columns="source_row").equals(t.drop(columns="source_row"))
 
 
 # -------------------------------------------------------------------------------- generic CSV

@@ -88,18 +88,15 @@ def load_records(data: str | Path, config: DataConfig | None = None) -> Records:
     """
     from . import sources
 
-    text = str(data)
     path = Path(data).expanduser()
-    if not path.exists():
-        if text == "synthetic":
-            cfg = replace(config or DataConfig(), format="synthetic")
-            root = sources.synthetic_root(cfg)
-            table, excluded, notes = sources.read_synthetic(root, cfg)
-            return _finish(Records(table, "synthetic", root, excluded, [], notes), cfg)
-        raise DataError(f"{data}: no such file or folder; give a data folder, CSV or data YAML")
     cfg = config or DataConfig()
     root = path if path.is_dir() else path.parent
-    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
+    if not path.exists():
+        if str(data) != "synthetic":
+            raise DataError(f"{data}: no such file or folder; give a data folder, CSV or data YAML")
+        cfg = replace(cfg, format="synthetic")
+        root = sources.synthetic_root(cfg)
+    elif path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
         cfg = _merge(from_dict(DataConfig, load_yaml(path), where=f"{path}: "), config)
         if cfg.root:
             root = (path.parent / cfg.root).resolve()

@@ -46,7 +46,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: CSV file is empty") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
-    except (OSError, pd.errors.ParserError) as exc:
+    except (OSError, EOFError, pd.errors.ParserError) as exc:  # .csv.gz is read too
         raise DataError(f"{path}: not a readable CSV ({_first_line(exc)})") from None
 
 
@@ -298,7 +298,7 @@ def read_mimic(root: Path, cfg: DataConfig) -> Result:
 
     labels_csv, meta_csv = table_file("chexpert"), table_file("metadata")
     assert labels_csv is not None and meta_csv is not None
-    labels, meta = _read_csv_any(labels_csv), _read_csv_any(meta_csv)
+    labels, meta = _read_csv(labels_csv), _read_csv(meta_csv)
     _require(labels, ["subject_id", "study_id", FINDING], labels_csv)
     _require(meta, ["dicom_id", "subject_id", "study_id", "ViewPosition"], meta_csv)
     excluded: Counter = Counter()
@@ -343,19 +343,10 @@ def read_mimic(root: Path, cfg: DataConfig) -> Result:
     )
     split_csv = table_file("split", required=False)
     if split_csv is not None:
-        split = _read_csv_any(split_csv)
+        split = _read_csv(split_csv)
         _require(split, ["dicom_id", "split"], split_csv)
         table["source_split"] = joined["dicom_id"].map(split.set_index("dicom_id")["split"])
     return _drop_unlabelled(table), excluded, []
-
-
-def _read_csv_any(path: Path) -> pd.DataFrame:
-    if path.suffix != ".gz":
-        return _read_csv(path)
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, compression="gzip")
-    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: not a readable gzipped CSV ({_first_line(exc)})") from None
 
 
 # ---------------------------------------------------------------------------------- generic CSV

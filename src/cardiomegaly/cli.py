@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"cardiomegaly {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"cardiomegaly {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -102,7 +103,7 @@ def test_unreadable_files_are_listed_with_reasons_and_the_rest_counted(tmp_path,
 def test_python_dash_m_and_console_script_both_run():
     for command in (
         [sys.executable, "-m", "cardiomegaly", "--help"],
-        [str(__import__("pathlib").Path(sys.executable).parent / "cardiomegaly"), "--version"],
+        [str(Path(sys.executable).parent / "cardiomegaly"), "--version"],
     ):
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr

@@ -282,3 +282,17 @@ def test_synthetic_source_is_generated_once_and_reused(tmp_path):
     assert len(first) == 6 and first.format == "synthetic"
     assert first.table.equals(second.table)
     assert (first.table["label"] == (first.table["ctr"] > 0.5)).all()
+
+
+def test_paths_are_absolute_and_keep_the_folder_the_user_named(tmp_path, monkeypatch):
+    write_nih(tmp_path / "real", NIH_ROWS)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    pd.DataFrame({"path": ["images/00000001_000.jpg"], "label": [1], "patient": ["1"]}).to_csv(
+        tmp_path / "real" / "list.csv", index=False
+    )
+    monkeypatch.chdir(tmp_path)
+    nih = load_records("link")
+    listed = load_records("link/list.csv")
+    assert nih.root == tmp_path / "link"
+    assert all(p.startswith(str(tmp_path / "link") + "/") for p in nih.table["path"])
+    assert listed.table["path"][0] in set(nih.table["path"])

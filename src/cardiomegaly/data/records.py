@@ -99,7 +99,7 @@ def load_records(data: str | Path, config: DataConfig | None = None) -> Records:
     elif path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
         cfg = _merge(from_dict(DataConfig, load_yaml(path), where=f"{path}: "), config)
         if cfg.root:
-            root = (path.parent / cfg.root).resolve()
+            root = Path(os.path.abspath(path.parent / cfg.root))
         if cfg.format is None:
             if cfg.csv is None:
                 raise DataError(f"{path}: say 'format:' ({', '.join(sources.READERS)})")
@@ -184,6 +184,8 @@ def _first_line(exc: BaseException) -> str:
 def _finish(records: Records, cfg: DataConfig) -> Records:
     """Apply what every source shares: view filter, duplicate rows, missing files, column order."""
     table = records.table
+    # Absolute but not symlink-resolved: the same file gets the same path from every source.
+    table["path"] = table["path"].map(os.path.abspath)
     for column in RECORD_COLUMNS:
         if column not in table.columns:
             table[column] = "" if column in ("view", "sex", "source_row") else np.nan
@@ -214,4 +216,5 @@ def _finish(records: Records, cfg: DataConfig) -> Records:
     extra = [c for c in table.columns if c not in RECORD_COLUMNS]
     table = table[RECORD_COLUMNS + extra].reset_index(drop=True)
     excluded = +excluded  # drop reasons that counted nothing
-    return replace(records, table=table, excluded=excluded, missing=missing)
+    root = Path(os.path.abspath(records.root))
+    return replace(records, table=table, root=root, excluded=excluded, missing=missing)

@@ -391,7 +391,8 @@ def read_csv(root: Path, cfg: DataConfig) -> Result:
         excluded[f"{cols.label} '{value}' is neither positive nor negative"] += int(count)
 
     image_root = (root / cfg.image_root) if cfg.image_root else root
-    resolved = df[cols.path].map(lambda p: _resolve(image_root.resolve(), str(p).strip()))
+    base = Path(os.path.abspath(image_root))
+    resolved = df[cols.path].map(lambda p: _resolve(base, str(p).strip()))
     inside = resolved.map(lambda r: r[1])
     excluded["path outside the data root ('..')"] += int((~inside).sum())
     table = pd.DataFrame(

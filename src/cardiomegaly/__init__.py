@@ -9,7 +9,14 @@ The public API, re-exported explicitly::
 
 __version__ = "0.1.0"
 
-from .config import Columns, DataConfig, PreprocessConfig, SplitConfig
+from .config import (
+    AugmentConfig,
+    Columns,
+    DataConfig,
+    PreprocessConfig,
+    SplitConfig,
+    TrainConfig,
+)
 from .data import (
     RECORD_COLUMNS,
     ImageCache,
@@ -26,10 +33,15 @@ from .data import (
     to_square,
 )
 from .errors import ConfigError, DataError, ImageError, UserError
+from .evaluate import auroc, choose_threshold, summary_metrics
+from .model import CardioNet, build_model, load_model, load_weights, read_metadata, save_model
 from .summary import DataSummary, summarize
+from .train import TrainResult, train
 
 __all__ = [
     "RECORD_COLUMNS",
+    "AugmentConfig",
+    "CardioNet",
     "Columns",
     "ConfigError",
     "DataConfig",
@@ -41,16 +53,27 @@ __all__ = [
     "PreprocessConfig",
     "Records",
     "SplitConfig",
+    "TrainConfig",
+    "TrainResult",
     "UserError",
     "__version__",
+    "auroc",
     "box_to_square",
+    "build_model",
+    "choose_threshold",
     "detect_format",
     "load_image",
+    "load_model",
     "load_records",
+    "load_weights",
     "patient_split",
+    "read_metadata",
     "read_splits",
+    "save_model",
     "save_splits",
     "summarize",
+    "summary_metrics",
     "synthesize",
     "to_square",
+    "train",
 ]

@@ -123,6 +123,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_yaml
+    from .train import resolve_config, train
+
+    if args.resume:
+        result = train(resolve_config(None, {}), resume=args.resume)
+    else:
+        overrides = load_yaml(args.config) if args.config else {}
+        for key in ("data", "arch", "weights", "image_size", "resize", "epochs", "batch_size",
+                    "head_epochs", "lr", "backbone_lr", "schedule", "patience", "seed", "device",
+                    "workers", "cache_dir", "threshold_rule"):  # fmt: skip
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
+        for flag in ("balanced_sampler", "aux_logits"):
+            if getattr(args, flag):
+                overrides[flag] = True
+        if args.unfreeze:
+            overrides["unfreeze"] = args.unfreeze.split(",")
+        if args.hflip:
+            overrides.setdefault("augment", {})["hflip"] = True
+        if args.views:
+            overrides.setdefault("data_config", {})["views"] = args.views
+        if args.split_file:
+            overrides.setdefault("split", {})["split_file"] = args.split_file
+        config = resolve_config(args.preset, overrides)
+        if not config.data:
+            raise UserError("no data: give --data DATA (a folder, CSV, data YAML or synthetic)")
+        result = train(config, out=args.out)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for all
+        print(
+            f"model       {result.run_dir / 'model.safetensors'}  (epoch {result.best_epoch}, "
+            f"validation AUROC {result.val_auroc:.4f})"
+        )
+        print(f"history     {result.run_dir / 'history.csv'}, {result.run_dir / 'curves.png'}")
+        print(f"test        {result.run_dir / 'test' / 'metrics.json'}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------- parser
 
 
@@ -157,6 +195,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-file", metavar="FILE", help="show this saved splits.csv instead")
     p.add_argument("--splits", metavar="FILE", help="also write the split to this splits.csv")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a model; writes a run folder")
+    p.add_argument("--data", help="data folder, CSV, data YAML, or 'synthetic'")
+    p.add_argument("--preset", choices=["demo"], help="demo: phantoms, 128 px, 12 epochs")
+    p.add_argument("--config", metavar="YAML", help="a TrainConfig YAML (flags override it)")
+    p.add_argument("--weights", help="imagenet (default), none, or a weights / model file")
+    p.add_argument("--arch", choices=["inception_v3", "densenet121", "resnet50"])
+    p.add_argument("--image-size", type=_image_size)
+    p.add_argument("--resize", choices=["pad", "squash"])
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--head-epochs", type=int, help="stage 1 epochs (head only) (3)")
+    p.add_argument("--unfreeze", help="stage 2 blocks, comma-separated, or 'all' (Mixed_6,Mixed_7)")
+    p.add_argument("--lr", type=float, help="head / from-scratch learning rate (1e-3)")
+    p.add_argument("--backbone-lr", type=float, help="stage 2 backbone learning rate (1e-4)")
+    p.add_argument("--schedule", choices=["cosine", "plateau"])
+    p.add_argument("--patience", type=_positive_int, help="early stopping patience (8)")
+    p.add_argument("--balanced-sampler", action="store_true", help="instead of loss weighting")
+    p.add_argument("--aux-logits", action="store_true", help="InceptionV3 auxiliary loss (299 px)")
+    p.add_argument("--hflip", action="store_true", help="allow horizontal flips (off: anatomy)")
+    p.add_argument("--threshold-rule", help="youden (default), sens90, spec90 or fixed:X")
+    p.add_argument("--views", nargs="+", choices=["PA", "AP"], help="keep only these views")
+    p.add_argument("--split-file", metavar="FILE", help="reuse a saved splits.csv")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--workers", type=int, help="data-loading processes (0)")
+    p.add_argument("--cache-dir", help="preprocessing cache (default: user cache folder)")
+    p.add_argument("--out", help="run folder (default runs/train/expN)")
+    p.add_argument("--resume", metavar="DIR", help="continue a killed run from DIR/last.pt")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="the whole flow on phantoms, end to end")
     p.add_argument("--out", help="demo folder (default runs/demo/demoN)")

@@ -120,6 +120,80 @@ class PreprocessConfig:
             raise ConfigError(_unknown("resize", self.resize, RESIZE_POLICIES))
 
 
+@dataclass
+class AugmentConfig:
+    """Training-only augmentation on tensors (torchvision transforms v2)."""
+
+    rotation: float = 10.0  # degrees, either way
+    translate: float = 0.05  # fraction of the image, each axis
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    brightness: float = 0.1  # multiplicative, 1 +- this
+    contrast: float = 0.1
+    gamma: float = 0.15  # exponent in exp(+- this)
+    hflip: bool = False  # off: the heart sits on the patient's left
+
+    def __post_init__(self) -> None:
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(
+                f"augment.scale: {self.scale} is not [low, high] with 0 < low <= high"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved as ``config.yaml`` in the run folder."""
+
+    data: str = ""
+    arch: str = "inception_v3"
+    weights: str = "imagenet"  # imagenet | none | path to a weights or model file
+    image_size: int = 299
+    resize: str = "pad"
+    epochs: int = 30
+    batch_size: int = 32
+    head_epochs: int = 3  # stage 1: head only, backbone frozen (with pretrained weights)
+    unfreeze: list[str] = field(default_factory=lambda: ["Mixed_6", "Mixed_7"])  # or ["all"]
+    lr: float = 1e-3  # head (stage 1), and the whole network when training from scratch
+    backbone_lr: float = 1e-4  # unfrozen blocks in stage 2
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | plateau
+    patience: int = 8  # early stopping on validation AUROC
+    dropout: float = 0.5
+    aux_logits: bool = False  # InceptionV3's auxiliary classifier (loss weight 0.4); 299 px
+    balanced_sampler: bool = False  # instead of the positive class weight in the loss
+    threshold_rule: str = "youden"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    workers: int = 0
+    cache_dir: str | None = None
+    preset: str | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data_config: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        PreprocessConfig(self.image_size, self.resize)  # validates both
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.head_epochs < 0 or self.patience < 1 or self.workers < 0:
+            raise ConfigError("head_epochs and workers must be >= 0, patience >= 1")
+        if self.schedule not in ("cosine", "plateau"):
+            raise ConfigError(_unknown("schedule", self.schedule, ("cosine", "plateau")))
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(_unknown("device", self.device, ("auto", "cpu", "cuda")))
+        if self.threshold_rule not in ("youden", "sens90", "spec90") and not str(
+            self.threshold_rule
+        ).startswith("fixed:"):
+            raise ConfigError(
+                f"threshold_rule: unknown value '{self.threshold_rule}' "
+                "(choose youden, sens90, spec90 or fixed:X)"
+            )
+        if self.aux_logits and (self.arch != "inception_v3" or self.image_size < 299):
+            raise ConfigError("aux_logits needs --arch inception_v3 and --image-size 299 or more")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
+
+
 def _unknown(what: str, value: Any, choices: typing.Iterable[str]) -> str:
     choices = list(choices)
     close = difflib.get_close_matches(str(value), choices, n=1)
@@ -147,10 +221,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         kind = hints[key]
         if dataclasses.is_dataclass(kind) and isinstance(kind, type):
             value = from_dict(kind, value, where=f"{where}{key}.")
-        elif _is_list(kind) and isinstance(value, (str, int, float)):
-            value = [str(value)]
-        elif _is_list(kind) and isinstance(value, list):
-            value = [str(v) for v in value]
+        elif _is_list(kind, str) and isinstance(value, (str, int, float)):
+            value = [str(value)]  # `views: PA` means [PA]
+        elif _is_list(kind, str) and isinstance(value, list):
+            value = [str(v) for v in value]  # label values like 1 or 0 compare as text
         kwargs[key] = value
     try:
         return cls(**kwargs)
@@ -158,12 +232,11 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 
 
-def _is_list(kind: Any) -> bool:
-    if typing.get_origin(kind) is list:
-        return True
+def _is_list(kind: Any, item: type) -> bool:
+    """Whether ``kind`` is ``list[item]`` (or an optional one)."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return any(typing.get_origin(a) is list for a in typing.get_args(kind))
-    return False
+        return any(_is_list(a, item) for a in typing.get_args(kind))
+    return typing.get_origin(kind) is list and typing.get_args(kind) == (item,)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -12,8 +12,12 @@ Nothing here is a medical claim: the phantoms exist to exercise the pipeline end
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,52 +289,66 @@ def _patient_anatomy(seed: int, patient: int) -> dict:
     }
 
 
+def _film(job: tuple[int, int, int, int, int, Path]) -> tuple[dict, Phantom]:
+    """Render and write film ``i``; everything random comes from (seed, i), so order is free."""
+    i, patient, follow, seed, size, out = job
+    anatomy = _patient_anatomy(seed, patient)
+    rng = np.random.default_rng([seed, 2, i])
+    view = "AP" if rng.random() < anatomy["ap_rate"] else "PA"
+    ctr = anatomy["ctr"] + rng.normal(0, 0.012) + (0.02 if view == "AP" else 0.0)
+    phantom = render_phantom(rng, size, anatomy, float(np.clip(ctr, 0.36, 0.64)), view)
+    name = f"images/{patient:05d}_{follow:03d}.png"
+    with atomic_open(out / name, "wb") as f:
+        Image.fromarray(phantom.image, mode="L").save(f, format="PNG")
+    row = {
+        "image": name,
+        "patient": f"{patient:05d}",
+        "follow_up": follow,
+        "label": phantom.label,
+        "ctr": round(phantom.ctr, 4),
+        "view": phantom.view,
+        "sex": anatomy["sex"],
+        "age": anatomy["age"],
+        "box_x": phantom.box[0],
+        "box_y": phantom.box[1],
+        "box_w": phantom.box[2],
+        "box_h": phantom.box[3],
+    }
+    return row, phantom
+
+
 def synthesize(
-    out: str | Path, n: int = 600, size: int = 512, seed: int = 0, progress: bool = True
+    out: str | Path,
+    n: int = 600,
+    size: int = 512,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Write ``n`` phantom PNGs, ``phantoms.csv`` and ``contact_sheet.png`` into ``out``.
 
-    Deterministic: the same ``n``, ``size`` and ``seed`` give the same files.
+    Deterministic: the same ``n``, ``size`` and ``seed`` give the same files, however many
+    worker processes render them (default: one per core).
 
     >>> synthesize("/tmp/phantoms", n=8, size=128)                  # doctest: +SKIP
     PosixPath('/tmp/phantoms/phantoms.csv')
     """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    thumbs = []
-    for i, (patient, follow) in enumerate(
-        tqdm(_draw_patients(n, seed), desc="phantoms", unit="img", disable=not progress)
-    ):
-        anatomy = _patient_anatomy(seed, patient)
-        rng = np.random.default_rng([seed, 2, i])
-        view = "AP" if rng.random() < anatomy["ap_rate"] else "PA"
-        ctr = anatomy["ctr"] + rng.normal(0, 0.012) + (0.02 if view == "AP" else 0.0)
-        phantom = render_phantom(rng, size, anatomy, float(np.clip(ctr, 0.36, 0.64)), view)
-        name = f"images/{patient:05d}_{follow:03d}.png"
-        with atomic_open(out / name, "wb") as f:
-            Image.fromarray(phantom.image, mode="L").save(f, format="PNG")
-        rows.append(
-            {
-                "image": name,
-                "patient": f"{patient:05d}",
-                "follow_up": follow,
-                "label": phantom.label,
-                "ctr": round(phantom.ctr, 4),
-                "view": phantom.view,
-                "sex": anatomy["sex"],
-                "age": anatomy["age"],
-                "box_x": phantom.box[0],
-                "box_y": phantom.box[1],
-                "box_w": phantom.box[2],
-                "box_h": phantom.box[3],
-            }
-        )
-        if len(thumbs) < 24:
-            thumbs.append((phantom, rows[-1]))
+    jobs = [(i, p, f, seed, size, out) for i, (p, f) in enumerate(_draw_patients(n, seed))]
+    workers = min(workers or os.cpu_count() or 1, max(1, n // 8))
+    with contextlib.ExitStack() as stack:
+        mapped = map(_film, jobs)
+        if workers > 1:  # spawn, not fork: the parent may hold torch's thread pools
+            context = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
+            mapped = pool.map(_film, jobs, chunksize=4)
+        bar = tqdm(mapped, total=n, desc="phantoms", unit="img", disable=not progress)
+        results = list(bar)
+    rows = [row for row, _ in results]
     csv = out / "phantoms.csv"
     with atomic_open(out / "contact_sheet.png", "wb") as f:
-        contact_sheet(thumbs).save(f, format="PNG")
+        contact_sheet([(phantom, row) for row, phantom in results[:24]]).save(f, format="PNG")
     atomic_write_text(
         out / "README.txt",
         f"Synthetic chest-film phantoms: cardiomegaly synth --n {n} --size {size} --seed {seed}.\n"

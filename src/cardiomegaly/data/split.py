@@ -26,7 +26,7 @@ def patient_split(records: Records, config: SplitConfig | None = None) -> pd.Ser
     """The split ("train", "val" or "test") of every row; no patient is in two splits.
 
     Patients with a positive image are dealt out first, largest first, each to the split filled
-    least relative to its share of positive images; then the others by share of all images.
+    least relative to its share of positive images; then the others by share of negative images.
     The order among equal patients is drawn from ``seed``, so the same seed and data give the
     same split, whatever the row order. With ``split_file`` set, the saved split is read instead.
     """
@@ -39,14 +39,16 @@ def patient_split(records: Records, config: SplitConfig | None = None) -> pd.Ser
     rng = np.random.default_rng(cfg.seed)
     per_patient = per_patient.iloc[rng.permutation(len(per_patient))]
 
-    images, positives = np.zeros(3), np.zeros(3)
-    target_images, target_positives = fractions * len(table), fractions * table["label"].sum()
+    positives, negatives = np.zeros(3), np.zeros(3)
+    n_positive = table["label"].sum()
+    targets = fractions * n_positive, fractions * (len(table) - n_positive)
+    per_patient["negatives"] = per_patient["images"] - per_patient["positives"]
     assignment: dict[str, str] = {}
     with_positive = per_patient[per_patient["positives"] > 0]
     without = per_patient[per_patient["positives"] == 0]
     for group, by, target, current in (
-        (with_positive, "positives", target_positives, positives),
-        (without, "images", target_images, images),
+        (with_positive, "positives", targets[0], positives),
+        (without, "negatives", targets[1], negatives),
     ):
         for patient, row in group.sort_values(by, ascending=False, kind="stable").iterrows():
             # The split filled least relative to its share: big patients spread over all three.
@@ -54,8 +56,8 @@ def patient_split(records: Records, config: SplitConfig | None = None) -> pd.Ser
                 fill = np.where(target > 0, current / target, np.inf)
             k = int(np.argmin(fill))
             assignment[str(patient)] = SPLITS[k]
-            images[k] += row["images"]
             positives[k] += row["positives"]
+            negatives[k] += row["negatives"]
     return table["patient"].map(assignment).rename("split")
 
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import DataConfig, TrainConfig, from_dict, load_yaml, save_yaml
+from .config import TrainConfig, from_dict, load_yaml, save_yaml
 from .data.cache import ImageCache
 from .data.dataset import XrayDataset, train_augmentation
 from .data.records import load_records
@@ -121,7 +121,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
         save_yaml(cfg, run_dir / "config.yaml")
 
     # Data: records, patient-wise split (kept with the run), cache warmed once by rank 0.
-    records = load_records(cfg.data, _data_config(cfg))
+    records = load_records(cfg.data, cfg.data_config)
     if resume:
         cfg.split.split_file = str(run_dir / "splits.csv")
     split = patient_split(records, cfg.split)
@@ -168,7 +168,9 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
         weight_decay=cfg.weight_decay,
     )
     scheduler = _scheduler(cfg, optimizer)
-    scaler = torch.amp.GradScaler("cuda", enabled=ddp.device.type == "cuda")
+    # Loss scaling only for float16; bfloat16 (where the GPU has it) needs none.
+    fp16 = ddp.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
 
     state: dict[str, Any] = {"epoch": 0, "best_auroc": -1.0, "best_epoch": -1, "bad_epochs": 0,
                              "history": [], "weights": weights_info}  # fmt: skip
@@ -254,7 +256,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
             )
             if improved:
                 threshold = choose_threshold(val_labels, val_probs, cfg.threshold_rule)
-                meta = _metadata(cfg, records, tables, state, threshold, weights_info)
+                meta = _metadata(cfg, records, tables, state, threshold)
                 save_model(run_dir / "model.safetensors", model, meta)
             _write_history(run_dir, state["history"])
             _save_last(run_dir / "last.pt", model, optimizer, scheduler, state)
@@ -334,10 +336,6 @@ def _check_writable(run_dir: Path) -> None:
     if free < MIN_FREE_BYTES:
         raise UserError(f"{run_dir}: only {free // 2**20} MiB free; a run needs about 200 MiB")
     print(f"run folder {run_dir}")
-
-
-def _data_config(cfg: TrainConfig) -> DataConfig:
-    return cfg.data_config
 
 
 def _write_skipped(run_dir: Path, bad: list[tuple[str, str]]) -> None:
@@ -436,7 +434,7 @@ def _predict(model: CardioNet, ds: XrayDataset, batch_size: int, ddp: _Dist) -> 
     return merged
 
 
-def _metadata(cfg, records, tables, state, threshold, weights_info) -> dict[str, Any]:
+def _metadata(cfg, records, tables, state, threshold) -> dict[str, Any]:
     """What the model file says about itself (DESIGN: model file)."""
     return {
         "preprocessing": preprocessing_for(cfg.arch, cfg.image_size, cfg.resize),
@@ -452,7 +450,7 @@ def _metadata(cfg, records, tables, state, threshold, weights_info) -> dict[str,
             "best_epoch": state["best_epoch"],
             "seed": cfg.seed,
             "val_auroc": state["best_auroc"],
-            "weights": weights_info,
+            "weights": state["weights"],
             "preset": cfg.preset,
             "config": dataclasses.asdict(cfg),
         },

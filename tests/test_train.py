@@ -39,7 +39,7 @@ def tiny(phantoms, **kw) -> TrainConfig:
         split={"train": 0.5, "val": 0.25, "test": 0.25},
     )
     values.update(kw)
-    return train_module.resolve_config(None, values)
+    return TrainConfig.from_preset(None, **values)
 
 
 def test_a_run_folder_holds_everything_listed(phantoms, tmp_path):
@@ -90,7 +90,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(phantoms, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         train_module.train(config, out=tmp_path / "killed")
     monkeypatch.setattr(train_module, "_save_last", real_save)
-    train_module.train(config, resume=tmp_path / "killed")
+    train_module.train(resume=tmp_path / "killed")
 
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
@@ -155,7 +155,7 @@ def test_output_folder_that_is_a_file_is_refused_before_training(phantoms, tmp_p
 
 
 def test_demo_preset_fills_in_only_what_was_not_said():
-    config = train_module.resolve_config("demo", {"epochs": 3})
+    config = TrainConfig.from_preset("demo", epochs=3)
     assert (config.data, config.image_size, config.epochs, config.weights) == (
         "synthetic",
         128,

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .config import DataConfig, SplitConfig
+from .config import DataConfig, SplitConfig, TrainConfig, load_yaml
 from .errors import UserError
 
 
@@ -124,11 +124,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_yaml
-    from .train import resolve_config, train
+    from .train import train
 
     if args.resume:
-        result = train(resolve_config(None, {}), resume=args.resume)
+        result = train(resume=args.resume)
     else:
         overrides = load_yaml(args.config) if args.config else {}
         for key in ("data", "arch", "weights", "image_size", "resize", "epochs", "batch_size",
@@ -147,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.setdefault("data_config", {})["views"] = args.views
         if args.split_file:
             overrides.setdefault("split", {})["split_file"] = args.split_file
-        config = resolve_config(args.preset, overrides)
+        config = TrainConfig.from_preset(args.preset, **overrides)
         if not config.data:
             raise UserError("no data: give --data DATA (a folder, CSV, data YAML or synthetic)")
         result = train(config, out=args.out)

@@ -139,6 +139,21 @@ class AugmentConfig:
             )
 
 
+#: Presets fill in what the user did not say. "demo": phantoms, small images, a few epochs,
+#: from scratch (offline) - the demo and CPU-only users.
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {
+        "data": "synthetic",
+        "data_config": {"n": 600, "size": 192},
+        "weights": "none",
+        "image_size": 128,
+        "epochs": 12,
+        "batch_size": 32,
+        "patience": 12,
+    },
+}
+
+
 @dataclass
 class TrainConfig:
     """Everything one training run needs; saved as ``config.yaml`` in the run folder."""
@@ -169,6 +184,22 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data_config: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+
+    @classmethod
+    def from_preset(cls, preset: str | None = None, **overrides: Any) -> TrainConfig:
+        """Defaults, then the preset, then ``overrides`` (None means "not said").
+
+        >>> TrainConfig.from_preset("demo", epochs=3).image_size
+        128
+        """
+        values: dict[str, Any] = {}
+        if preset:
+            if preset not in PRESETS:
+                raise ConfigError(_unknown("preset", preset, PRESETS))
+            values.update(PRESETS[preset])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["preset"] = preset
+        return from_dict(cls, values)
 
     def __post_init__(self) -> None:
         PreprocessConfig(self.image_size, self.resize)  # validates both

@@ -41,20 +41,6 @@ from .model import CardioNet, build_model, load_model, load_weights, preprocessi
 
 log = logging.getLogger(__name__)
 
-#: Presets fill in what the user did not say. "demo": phantoms, small images, a few epochs,
-#: from scratch (offline) - the demo and CPU-only users.
-PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {
-        "data": "synthetic",
-        "data_config": {"n": 600, "size": 192},
-        "weights": "none",
-        "image_size": 128,
-        "epochs": 12,
-        "batch_size": 32,
-        "patience": 12,
-    },
-}
-
 AUX_WEIGHT = 0.4  # InceptionV3's auxiliary loss weight (Szegedy et al. 2016)
 MIN_FREE_BYTES = 200 * 2**20
 
@@ -80,24 +66,18 @@ class _Dist:
         return self.rank == 0
 
 
-def resolve_config(preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults, then the preset, then what the user said (``overrides``), as a TrainConfig."""
-    values: dict[str, Any] = {}
-    if preset:
-        if preset not in PRESETS:
-            raise UserError(f"unknown preset '{preset}'; choose from {', '.join(PRESETS)}")
-        values.update(PRESETS[preset])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values["preset"] = preset
-    return from_dict(TrainConfig, values)
-
-
-def train(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | None = None):
+def train(
+    cfg: TrainConfig | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+) -> TrainResult:
     """Train a model as ``cfg`` says; write the run folder; evaluate the best model on test.
 
-    ``resume`` continues a killed run from its ``last.pt`` and ends with the same weights as an
-    uninterrupted run (CPU). Returns a :class:`TrainResult`.
+    ``resume`` continues a killed run from its ``last.pt`` (with the configuration saved there)
+    and ends with the same weights as an uninterrupted run on the CPU.
     """
+    if resume is None and cfg is None:
+        raise UserError("give a TrainConfig, or resume= a run folder")
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "last.pt").is_file():
@@ -488,7 +468,7 @@ def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     for ax, key, title in zip(axes, ("loss", "accuracy", "auroc"),
                               ("loss (weighted BCE)", "accuracy (at p = 0.5)", "AUROC"),
                               strict=True):  # fmt: skip
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train (augmented)")
         ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation")
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -496,6 +476,7 @@ def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
         stage2 = [h["epoch"] for h in history if h["stage"] == 2]
         if stage2 and stage2[0] > 1:
             ax.axvline(stage2[0] - 0.5, color="grey", ls="--", lw=1)
+    axes[0].set_yscale("log")  # early validation losses of an untrained network are huge
     axes[0].legend()
     fig.tight_layout()
     with atomic_open(path, "wb") as f:

@@ -96,6 +96,8 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
     np.random.seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     run_dir = Path(resume) if resume else _run_dir(out, ddp)
+    if Path(cfg.data).exists():  # a resume from another folder finds the data again
+        cfg.data = os.path.abspath(cfg.data)
     if ddp.main and not resume:
         _check_writable(run_dir)
         save_yaml(cfg, run_dir / "config.yaml")

@@ -97,7 +97,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
     torch.use_deterministic_algorithms(True, warn_only=True)
     run_dir = Path(resume) if resume else _run_dir(out, ddp)
     if Path(cfg.data).exists():  # a resume from another folder finds the data again
-        cfg.data = os.path.abspath(cfg.data)
+        cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
     if ddp.main and not resume:
         _check_writable(run_dir)
         save_yaml(cfg, run_dir / "config.yaml")

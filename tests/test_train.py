@@ -163,3 +163,11 @@ def test_demo_preset_fills_in_only_what_was_not_said():
         "none",
     )
     assert isinstance(config.data_config, DataConfig) and config.data_config.size == 192
+
+
+def test_a_missing_weights_file_stops_before_any_folder_is_made(phantoms, tmp_path, capsys):
+    code = main(["train", "--data", str(phantoms), "--weights", str(tmp_path / "absent.pth"),
+                 "--out", str(tmp_path / "run")])  # fmt: skip
+    assert code == 2
+    assert "absent.pth: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -98,6 +98,9 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
     run_dir = Path(resume) if resume else _run_dir(out, ddp)
     if Path(cfg.data).exists():  # a resume from another folder finds the data again
         cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
+    # The model first: a missing weights file or an offline download fails in seconds.
+    model = build_model(cfg.arch, dropout=cfg.dropout, aux_logits=cfg.aux_logits)
+    weights_info = load_weights(model, cfg.weights) if not resume else {}
     if ddp.main and not resume:
         _check_writable(run_dir)
         save_yaml(cfg, run_dir / "config.yaml")
@@ -125,9 +128,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
     val_ds = XrayDataset(tables["val"], cache)
     test_ds = XrayDataset(tables["test"], cache)
 
-    # Model, weights, loss.
-    model = build_model(cfg.arch, dropout=cfg.dropout, aux_logits=cfg.aux_logits)
-    weights_info = load_weights(model, cfg.weights) if not resume else {}
+    # Loss and optimisation.
     model.to(ddp.device)
     if ddp.device.type == "cpu":
         model.to(memory_format=torch.channels_last)

@@ -89,16 +89,17 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     config = DataConfig(views=args.views) if args.views else None
     records = load_records(args.data, config)
+    cache = None if args.no_check else ImageCache(args.image_size, root=args.cache_dir)
     summary = summarize(records)
-    if not args.no_check and summary.blocking is None:  # decode only data worth training on
-        summary = summarize(records, ImageCache(args.image_size, root=args.cache_dir))
+    if cache is not None and summary.blocking is None:  # decode only data worth training on
+        summary = summarize(records, cache)
     split = None
     if summary.blocking is None and len(records):
         split = patient_split(records, SplitConfig(seed=args.seed, split_file=args.split_file))
     for line in summary.lines(split):
         print(line)
-    if summary.checked:
-        print(f"cache       {ImageCache(args.image_size, root=args.cache_dir).folder}")
+    if cache is not None and summary.checked:
+        print(f"cache       {cache.folder}")
     if args.splits and split is not None:
         save_splits(records, split, args.splits)
         print(f"splits      {args.splits}")

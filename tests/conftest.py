@@ -27,3 +27,26 @@ def nih_sample() -> Path:
     if not (NIH_SAMPLE / "Data_Entry_2017_v2020.csv").is_file():
         pytest.skip(f"real NIH sample not found at {NIH_SAMPLE}")
     return NIH_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Thirty 80 px phantoms from 18 patients: enough for three splits with both classes."""
+    from cardiomegaly import synthesize
+
+    root = tmp_path_factory.mktemp("tiny-phantoms")
+    synthesize(root, n=30, size=80, seed=4, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished training run on the tiny phantoms, shared by the tests that read runs."""
+    from cardiomegaly import train
+    from makers import tiny_train_config
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    # Session fixtures start before the per-test cache is set: name the cache explicitly.
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    train(tiny_train_config(tiny_phantoms, cache_dir=str(cache)), out=run)
+    return run

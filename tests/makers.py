@@ -263,3 +263,32 @@ def write_mimic(root: Path, images: list[dict], studies: list[dict], split: bool
             ]
         ).to_csv(root / "mimic-cxr-2.0.0-split.csv", index=False)
     return root
+
+
+def tiny_train_config(data: Path, **overrides):
+    """Two epochs at 75 px on a handful of images: a real run in seconds, not a good model."""
+    from cardiomegaly import TrainConfig
+
+    values = dict(
+        data=str(data),
+        weights="none",
+        image_size=75,
+        epochs=2,
+        batch_size=8,
+        augment={"rotation": 5},
+        split={"train": 0.5, "val": 0.25, "test": 0.25},
+    )
+    values.update(overrides)
+    return TrainConfig.from_preset(None, **values)
+
+
+def scored_table(labels, probs, patients=None, **columns) -> pd.DataFrame:
+    """A scored-records table as evaluation reads it (one patient per image unless given)."""
+    n = len(labels)
+    return pd.DataFrame({
+        "path": [f"/data/{i}.png" for i in range(n)],
+        "patient": patients if patients is not None else [f"p{i}" for i in range(n)],
+        "label": labels,
+        "probability": probs,
+        **columns,
+    })  # fmt: skip

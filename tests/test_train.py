@@ -13,33 +13,21 @@ import pandas as pd
 import pytest
 import torch
 
-from cardiomegaly import DataConfig, TrainConfig, synthesize
+from cardiomegaly import DataConfig, TrainConfig
 from cardiomegaly.cli import main
 from cardiomegaly.model import read_metadata
+from makers import tiny_train_config
 
 train_module = importlib.import_module("cardiomegaly.train")  # the package re-exports train()
 
 
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
-    """Thirty tiny phantoms from 18 patients: enough for three splits with both classes."""
-    root = tmp_path_factory.mktemp("phantoms")
-    synthesize(root, n=30, size=80, seed=4, progress=False)
-    return root
+@pytest.fixture
+def phantoms(tiny_phantoms):
+    return tiny_phantoms
 
 
 def tiny(phantoms, **kw) -> TrainConfig:
-    values = dict(
-        data=str(phantoms),
-        weights="none",
-        image_size=75,
-        epochs=2,
-        batch_size=8,
-        augment={"rotation": 5},
-        split={"train": 0.5, "val": 0.25, "test": 0.25},
-    )
-    values.update(kw)
-    return TrainConfig.from_preset(None, **values)
+    return tiny_train_config(phantoms, **kw)
 
 
 def test_a_run_folder_holds_everything_listed(phantoms, tmp_path):
@@ -54,6 +42,8 @@ def test_a_run_folder_holds_everything_listed(phantoms, tmp_path):
         "last.pt",
         "test/metrics.json",
         "test/predictions.csv",
+        "test/report.html",
+        "test/roc.png",
     ):
         assert (run / name).is_file(), name
     history = pd.read_csv(run / "history.csv")
@@ -67,7 +57,9 @@ def test_a_run_folder_holds_everything_listed(phantoms, tmp_path):
     assert meta["training"]["weights"] == {"source": "none"}
     split = meta["training"]["split"]
     metrics = json.loads((run / "test" / "metrics.json").read_text())
-    assert metrics["n"] == split["test"]["images"] == len(pd.read_csv(run / "test/predictions.csv"))
+    assert metrics["images"] == split["test"]["images"]
+    assert len(pd.read_csv(run / "test/predictions.csv")) == metrics["images"]
+    assert set(meta["threshold"]["operating_points"]) == {"youden", "sens90", "spec90"}
     assert result.test["auroc"] == metrics["auroc"]
     saved = pd.read_csv(run / "splits.csv")
     assert (saved.groupby("patient")["split"].nunique() == 1).all()
@@ -124,9 +116,9 @@ def test_two_process_ddp_on_cpu(phantoms, tmp_path):
     meta = read_metadata(run / "model.safetensors")
     metrics = json.loads((run / "test" / "metrics.json").read_text())
     # Both ranks scored half of the test split; the gathered result covers every image once.
-    assert metrics["n"] == meta["training"]["split"]["test"]["images"]
+    assert metrics["images"] == meta["training"]["split"]["test"]["images"]
     predictions = pd.read_csv(run / "test" / "predictions.csv")
-    assert predictions["path"].is_unique and len(predictions) == metrics["n"]
+    assert predictions["path"].is_unique and len(predictions) == metrics["images"]
     assert result.stdout.count("test AUROC") == 1  # only rank 0 reports and writes
 
 

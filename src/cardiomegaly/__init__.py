@@ -33,7 +33,7 @@ from .data import (
     to_square,
 )
 from .errors import ConfigError, DataError, ImageError, UserError
-from .evaluate import auroc, choose_threshold, summary_metrics
+from .evaluate import EvalResult, auroc, choose_threshold, compare, evaluate, operating_point
 from .model import CardioNet, build_model, load_model, load_weights, read_metadata, save_model
 from .summary import DataSummary, summarize
 from .train import TrainResult, train
@@ -47,6 +47,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "DataSummary",
+    "EvalResult",
     "ImageCache",
     "ImageError",
     "ImageMeta",
@@ -61,18 +62,20 @@ __all__ = [
     "box_to_square",
     "build_model",
     "choose_threshold",
+    "compare",
     "detect_format",
+    "evaluate",
     "load_image",
     "load_model",
     "load_records",
     "load_weights",
+    "operating_point",
     "patient_split",
     "read_metadata",
     "read_splits",
     "save_model",
     "save_splits",
     "summarize",
-    "summary_metrics",
     "synthesize",
     "to_square",
     "train",

@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__
 from .config import DataConfig, SplitConfig, TrainConfig, load_yaml
 from .errors import UserError
+from .fileio import fresh_folder, next_run_folder
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,37 +42,13 @@ def _image_size(text: str) -> int:
     return value
 
 
-def _next_run(base: Path, name: str) -> Path:
-    """runs/<command>/<name>, <name>2, <name>3 ... : the first that does not exist."""
-    for i in range(1, 10_000):
-        candidate = base / (name if i == 1 else f"{name}{i}")
-        if not candidate.exists():
-            return candidate
-    raise UserError(f"{base}: too many runs named {name}; clean up or give --out")
-
-
-def _fresh_folder(path: Path) -> Path:
-    """A folder we may write into without touching anything the user has."""
-    if path.is_file():
-        raise UserError(f"{path}: is a file; give a folder to write into")
-    if path.exists() and any(path.iterdir()):
-        raise UserError(f"{path}: exists and is not empty; give a new folder (nothing was changed)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot create folder ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"{path}: folder is not writable")
-    return path
-
-
 # ------------------------------------------------------------------------------------- commands
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.phantom import synthesize
 
-    out = _fresh_folder(Path(args.out))
+    out = fresh_folder(Path(args.out))
     print(f"writing {args.n} phantoms ({args.size} px, seed {args.seed}) to {out}")
     csv = synthesize(out, n=args.n, size=args.size, seed=args.seed)
     print(f"images      {out / 'images'}")
@@ -109,7 +86,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else _next_run(Path("runs") / "demo", "demo")
+    out = Path(args.out) if args.out else next_run_folder(Path("runs") / "demo", "demo")
     phantoms = out / "phantoms"
     parser = build_parser()
     steps = [
@@ -136,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "workers", "cache_dir", "threshold_rule"):  # fmt: skip
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
-        for flag in ("balanced_sampler", "aux_logits"):
+        for flag in ("balanced_sampler", "aux_logits", "calibrate"):
             if getattr(args, flag):
                 overrides[flag] = True
         if args.unfreeze:
@@ -159,6 +136,57 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"history     {result.run_dir / 'history.csv'}, {result.run_dir / 'curves.png'}")
         print(f"test        {result.run_dir / 'test' / 'metrics.json'}")
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import compare, evaluate
+
+    if len(args.models) > 2:
+        raise UserError("give one model file to evaluate, or two to compare")
+    options = {
+        "split": args.split, "out": args.out, "batch_size": args.batch_size,
+        "device": args.device, "n_boot": args.bootstrap, "cache_dir": args.cache_dir,
+    }  # fmt: skip
+    if len(args.models) == 2:
+        result = compare(*args.models, args.data, **options)
+        m = result.metrics
+        for name in ("a", "b"):
+            auc = m[f"auroc_{name}"]
+            print(f"AUROC {name.upper()}     {auc['value']:.4f} (95 % CI {_ci(auc['ci95'])})  "
+                  f"{m[f'model_{name}']}")  # fmt: skip
+        d = m["difference"]
+        print(f"A - B       {d['value']:+.4f} (95 % CI {_ci(d['ci95'])}, paired patient bootstrap)"
+              f"  DeLong p = {d['delong_p']:.3g}")  # fmt: skip
+        for note in m["notes"]:
+            print(f"note        {note}")
+    else:
+        result = evaluate(args.models[0], args.data, **options)
+        m = result.metrics
+        print(f"records     {m['images']} images, {m['patients']} patients, "
+              f"{m['positives']} positive ({m['split_description']})")  # fmt: skip
+        auc = m["auroc"]
+        if auc["value"] is None:
+            print(f"AUROC       undefined: {auc['undefined']}")
+        else:
+            delong = auc.get("delong") or {}
+            print(f"AUROC       {auc['value']:.4f} (95 % CI {_ci(auc['ci95'])} patient bootstrap; "
+                  f"{_ci(delong.get('ci95'))} DeLong)")  # fmt: skip
+        for name, op in m["operating_points"].items():
+            sens, spec = op["sensitivity"]["value"], op["specificity"]["value"]
+            print(f"{name:<27} threshold {op['threshold']:.3f}  sensitivity {_num(sens)}  "
+                  f"specificity {_num(spec)}")  # fmt: skip
+        for warning in m["warnings"]:
+            print(f"warning     {warning}")
+    print(f"report      {result.folder / 'report.html'}")
+    return 0
+
+
+def _ci(interval: list[float] | None) -> str:
+    return "n/a" if not interval else f"{interval[0]:.3f} to {interval[1]:.3f}"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 # --------------------------------------------------------------------------------------- parser
@@ -216,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux-logits", action="store_true", help="InceptionV3 auxiliary loss (299 px)")
     p.add_argument("--hflip", action="store_true", help="allow horizontal flips (off: anatomy)")
     p.add_argument("--threshold-rule", help="youden (default), sens90, spec90 or fixed:X")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit temperature scaling on validation; store it in the model file",
+    )
     p.add_argument("--views", nargs="+", choices=["PA", "AP"], help="keep only these views")
     p.add_argument("--split-file", metavar="FILE", help="reuse a saved splits.csv")
     p.add_argument("--seed", type=int)
@@ -225,6 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/train/expN)")
     p.add_argument("--resume", metavar="DIR", help="continue a killed run from DIR/last.pt")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics with intervals, plots and report.html")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="a model file; two to compare")
+    p.add_argument("--data", required=True, help="data folder, CSV, data YAML, or 'synthetic'")
+    p.add_argument("--split", choices=["test", "val", "all"], default="test",
+                   help="test or val of the model's own split, or all records (test)")  # fmt: skip
+    p.add_argument("--out", help="folder to write (default runs/evaluate/expN)")
+    p.add_argument("--bootstrap", type=_positive_int, default=2000,
+                   help="patient bootstrap resamples (2000)")  # fmt: skip
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--cache-dir", help="preprocessing cache (default: user cache folder)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the whole flow on phantoms, end to end")
     p.add_argument("--out", help="demo folder (default runs/demo/demoN)")

@@ -176,6 +176,7 @@ class TrainConfig:
     aux_logits: bool = False  # InceptionV3's auxiliary classifier (loss weight 0.4); 299 px
     balanced_sampler: bool = False  # instead of the positive class weight in the loss
     threshold_rule: str = "youden"
+    calibrate: bool = False  # temperature scaling fitted on validation, stored in the model file
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     workers: int = 0

@@ -26,6 +26,7 @@ import torchvision
 from torch import nn
 
 from .errors import UserError
+from .fileio import FILE_MODE
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +351,7 @@ def save_model(path: str | Path, model: CardioNet, metadata: dict[str, Any]) -> 
     os.close(fd)
     try:
         save_file(state, tmp, metadata={_METADATA_KEY: json.dumps(meta)})
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

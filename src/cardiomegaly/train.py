@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import json
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -35,9 +34,12 @@ from .data.dataset import XrayDataset, train_augmentation
 from .data.records import load_records
 from .data.split import patient_split, save_splits
 from .errors import UserError
-from .evaluate import auroc, choose_threshold, summary_metrics
-from .fileio import atomic_open, atomic_write_text
-from .model import CardioNet, build_model, load_model, load_weights, preprocessing_for, save_model
+from .evaluate.metrics import THRESHOLD_RULES, auroc, choose_threshold, fit_temperature
+from .evaluate.report import write_report
+from .evaluate.run import _TEST_SPLIT
+from .fileio import atomic_open, next_run_folder
+from .model import build_model, load_model, load_weights, preprocessing_for, save_model
+from .predict import autocast, probabilities, score_dataset, select_device, to_device
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
             print(f"skipped     {reason}")
         _write_skipped(run_dir, bad)
     _barrier(ddp)
-    bad_paths = set(_read_skipped(run_dir))
+    bad_paths = {path for path, _ in _read_skipped_rows(run_dir)}
     keep = ~records.table["path"].isin(bad_paths)
     tables = {name: records.table[keep & (split == name)] for name in ("train", "val", "test")}
     for name, table in tables.items():
@@ -183,8 +185,8 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}",
                    disable=not ddp.main, unit="batch", leave=False)  # fmt: skip
         for x, y in bar:
-            x, y = _to_device(x, ddp.device), y.to(ddp.device, torch.float32)
-            with _autocast(ddp.device):
+            x, y = to_device(x, ddp.device), y.to(ddp.device, torch.float32)
+            with autocast(ddp.device):
                 logits, aux = net(x, with_aux=True)
                 loss = criterion(logits.float(), y)
                 if aux is not None:
@@ -205,7 +207,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
         train_loss = _gather_sum(ddp, total) / len(train_labels)
 
         # Validate.
-        val_logits = _predict(model, val_ds, cfg.batch_size, ddp)
+        val_logits = _score(model, val_ds, cfg, ddp)
         val_labels = torch.tensor(val_ds.labels)
         val_loss = criterion(val_logits.to(ddp.device), val_labels.to(ddp.device)).item()
         val_probs = torch.sigmoid(val_logits)
@@ -238,8 +240,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
                 f"{row['seconds']:.0f} s{'  *best' if improved else ''}"
             )
             if improved:
-                threshold = choose_threshold(val_labels, val_probs, cfg.threshold_rule)
-                meta = _metadata(cfg, records, tables, state, threshold)
+                meta = _metadata(cfg, records, tables, state, val_labels, val_probs)
                 save_model(run_dir / "model.safetensors", model, meta)
             _write_history(run_dir, state["history"])
             _save_last(run_dir / "last.pt", model, optimizer, scheduler, state)
@@ -249,17 +250,37 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
                 print(f"early stop: no better validation AUROC for {cfg.patience} epochs")
             break
 
-    # The best model, read back from its file, on the test split.
+    # The best model, read back from its file; optionally temperature-scaled on validation.
     best, meta = load_model(run_dir / "model.safetensors")
     best.to(ddp.device)
-    test_probs = torch.sigmoid(_predict(best, test_ds, cfg.batch_size, ddp))
-    test = summary_metrics(test_ds.labels, test_probs.numpy(), meta["threshold"]["value"])
+    if cfg.calibrate:
+        val_logits = _score(best, val_ds, cfg, ddp)
+        temperature = fit_temperature(val_logits.numpy(), val_ds.labels)
+        meta["calibration"] = {"temperature": temperature, "fitted_on": "validation split"}
+        meta["threshold"] = _threshold(cfg, val_ds.labels, probabilities(val_logits, meta))
+        if ddp.main:
+            save_model(run_dir / "model.safetensors", best, meta)
+            print(f"temperature {temperature:.3f} (fitted on validation)")
+
+    # ... and on the test split, which nothing above has looked at.
+    test_probs = probabilities(_score(best, test_ds, cfg, ddp), meta).numpy()
+    test: dict[str, Any] = {}
     if ddp.main:
-        _write_test(run_dir, tables["test"], test_probs.numpy(), test, meta)
+        scored = tables["test"].assign(probability=test_probs)
+        skipped = [{"path": p, "reason": r} for p, r in _read_skipped_rows(run_dir)]
+        context = {"model": str(run_dir / "model.safetensors"), "data": str(cfg.data),
+                   "format": records.format, "split": "test",
+                   "split_description": _TEST_SPLIT.format(seed=cfg.split.seed),
+                   "skipped": skipped}  # fmt: skip
+        test = write_report(run_dir / "test", scored, meta, context,
+                            training_curves=run_dir / "curves.png")  # fmt: skip
+        auc = test["auroc"]
+        primary = next(iter(test["operating_points"].values()))
         print(
-            f"test AUROC {test['auroc']:.4f}  accuracy {test['accuracy']:.3f}  at threshold "
-            f"{test['threshold']:.3f} (chosen on validation)  ({test['n']} images, "
-            f"{test['positives']} positive)"
+            f"test AUROC {_fmt(auc['value'])} (95 % CI {_fmt_ci(auc.get('ci95'))}, patient "
+            f"bootstrap)  sensitivity {_fmt(primary['sensitivity']['value'])}  specificity "
+            f"{_fmt(primary['specificity']['value'])} at threshold {primary['threshold']:.3f} "
+            f"(chosen on validation)  ({test['images']} images, {test['positives']} positive)"
         )
     return TrainResult(run_dir, state["best_epoch"], state["best_auroc"], test)
 
@@ -269,12 +290,11 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
 
 def _setup_distributed(device: str) -> _Dist:
     """One process, or one rank of a ``torchrun`` job (gloo on CPU, nccl on GPU)."""
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    chosen = select_device(device)
+    use_cuda = chosen.type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return _Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
+        return _Dist(0, 1, chosen)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local)
@@ -297,9 +317,7 @@ def _run_dir(out: str | Path | None, ddp: _Dist) -> Path:
             if path.is_file() or (path.is_dir() and any(path.iterdir())):
                 raise UserError(f"{path}: exists and is not an empty folder; give a new --out")
         else:
-            base = Path("runs") / "train"
-            path = next(base / (f"exp{i}" if i > 1 else "exp") for i in range(1, 100_000)
-                        if not (base / (f"exp{i}" if i > 1 else "exp")).exists())  # fmt: skip
+            path = next_run_folder(Path("runs") / "train", "exp")
         chosen = [str(path)]
     if ddp.world > 1:
         dist.broadcast_object_list(chosen, src=0)
@@ -328,9 +346,9 @@ def _write_skipped(run_dir: Path, bad: list[tuple[str, str]]) -> None:
         writer.writerows(bad)
 
 
-def _read_skipped(run_dir: Path) -> list[str]:
+def _read_skipped_rows(run_dir: Path) -> list[tuple[str, str]]:
     with open(run_dir / "skipped.csv", newline="", encoding="utf-8") as f:
-        return [row["path"] for row in csv.DictReader(f)]
+        return [(row["path"], row["reason"]) for row in csv.DictReader(f)]
 
 
 def _stages(cfg: TrainConfig) -> list[tuple[int, str | tuple[str, ...]]]:
@@ -367,19 +385,6 @@ def _train_loader(cfg: TrainConfig, ds: XrayDataset, ddp: _Dist, epoch: int) -> 
                       generator=generator, drop_last=len(ds) > cfg.batch_size)  # fmt: skip
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
-
-
-def _autocast(device: torch.device):
-    """Mixed precision on CUDA (bfloat16 where supported), full precision on CPU."""
-    if device.type != "cuda":
-        return torch.autocast("cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def _gather(ddp: _Dist, *tensors: torch.Tensor) -> list[torch.Tensor]:
     if ddp.world == 1:
         return list(tensors)
@@ -396,33 +401,34 @@ def _gather_sum(ddp: _Dist, value: float) -> float:
     return float(sum(parts))
 
 
-@torch.no_grad()
-def _predict(model: CardioNet, ds: XrayDataset, batch_size: int, ddp: _Dist) -> torch.Tensor:
-    """Logits for every item of ``ds`` in order; ranks score interleaved shards and gather."""
-    model.eval()
-    indices = list(range(ddp.rank, len(ds), ddp.world))
-    loader = DataLoader(Subset(ds, indices), batch_size=batch_size, shuffle=False)
-    out = []
-    for x, _ in loader:
-        with _autocast(ddp.device):
-            out.append(model(_to_device(x, ddp.device)).float().cpu())
-    logits = torch.cat(out) if out else torch.empty(0)
-    if ddp.world == 1:
-        return logits
-    parts: list[Any] = [None] * ddp.world
-    dist.all_gather_object(parts, (indices, logits))
-    merged = torch.empty(len(ds))
-    for idx, part in parts:
-        merged[idx] = part
-    return merged
+def _score(model, ds: XrayDataset, cfg: TrainConfig, ddp: _Dist) -> torch.Tensor:
+    return score_dataset(model, ds, cfg.batch_size, ddp.device, rank=ddp.rank, world=ddp.world)
 
 
-def _metadata(cfg, records, tables, state, threshold) -> dict[str, Any]:
+def _threshold(cfg: TrainConfig, labels, probs) -> dict[str, Any]:
+    """The model's threshold by its rule, and the other standard operating points, on validation."""
+    return {
+        "value": choose_threshold(labels, probs, cfg.threshold_rule),
+        "rule": cfg.threshold_rule,
+        "chosen_on": "validation split",
+        "operating_points": {rule: choose_threshold(labels, probs, rule)
+                             for rule in THRESHOLD_RULES},
+    }  # fmt: skip
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _fmt_ci(ci: list[float] | None) -> str:
+    return "n/a" if not ci else f"{ci[0]:.3f} to {ci[1]:.3f}"
+
+
+def _metadata(cfg, records, tables, state, val_labels, val_probs) -> dict[str, Any]:
     """What the model file says about itself (DESIGN: model file)."""
     return {
         "preprocessing": preprocessing_for(cfg.arch, cfg.image_size, cfg.resize),
-        "threshold": {"value": threshold, "rule": cfg.threshold_rule,
-                      "chosen_on": "validation split"},
+        "threshold": _threshold(cfg, val_labels, val_probs),
         "training": {
             "data": str(cfg.data),
             "format": records.format,
@@ -485,23 +491,3 @@ def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-
-
-def _write_test(run_dir: Path, table, probs: np.ndarray, metrics: dict, meta: dict) -> None:
-    """The best model on the test split: metrics.json and predictions.csv under test/."""
-    folder = run_dir / "test"
-    threshold = meta["threshold"]["value"]
-    report = {
-        "data": meta["training"]["data"],
-        "split": "test (patient-wise, held out from training and threshold choice)",
-        "threshold_rule": meta["threshold"]["rule"],
-        **metrics,
-    }
-    atomic_write_text(folder / "metrics.json", json.dumps(report, indent=2) + "\n")
-    with atomic_open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "patient", "label", "probability", "prediction"])
-        for (path, patient, label), p in zip(
-            table[["path", "patient", "label"]].itertuples(index=False), probs, strict=True
-        ):
-            writer.writerow([path, patient, int(label), f"{p:.6f}", int(p >= threshold)])

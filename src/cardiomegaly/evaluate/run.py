@@ -1,0 +1,230 @@
+"""``cardiomegaly evaluate``: score a model file on records and write the evaluation folder.
+
+>>> model, data = "runs/train/exp/model.safetensors", "../shared/data/nih-cxr-cardiomegaly"
+>>> result = evaluate(model, data, split="test")                    # doctest: +SKIP
+>>> result.folder, result.metrics["auroc"]["ci95"]                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import DataConfig, SplitConfig, from_dict
+from ..data.cache import ImageCache
+from ..data.dataset import XrayDataset
+from ..data.records import Records, load_records
+from ..data.split import patient_split
+from ..errors import UserError
+from ..fileio import atomic_open, atomic_write_text, fresh_folder, next_run_folder
+from ..model import load_model, read_metadata
+from ..predict import probabilities, score_dataset, select_device
+from . import plots
+from .html import render_comparison
+from .metrics import auroc, delong_test, patient_bootstrap, percentile_interval
+from .report import write_report
+
+log = logging.getLogger(__name__)
+
+SPLIT_CHOICES = ("test", "val", "all")
+_TEST_SPLIT = (
+    "test split: patients held out from training, model selection and threshold choice "
+    "(patient-wise stratified split, seed {seed})"
+)
+
+
+@dataclass
+class EvalResult:
+    """Where the evaluation went and what metrics.json (or comparison.json) holds."""
+
+    folder: Path
+    metrics: dict[str, Any]
+
+
+def evaluate(
+    model: str | Path,
+    data: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    n_boot: int = 2000,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> EvalResult:
+    """Evaluate one model file on ``data`` (its ``split``) and write the evaluation folder.
+
+    ``split``: test or val of the patient-wise split the model was trained with (read back from
+    the run's ``splits.csv`` or redrawn from the seed in the model file), or all records.
+    """
+    meta = read_metadata(model)
+    scored, context = _scored_records(model, meta, data, split, batch_size, device, cache_dir)
+    folder = _out_folder(out)
+    curves = Path(model).parent / "curves.png"
+    metrics = write_report(folder, scored, meta, context, n_boot=n_boot, seed=seed,
+                           training_curves=curves if curves.is_file() else None)  # fmt: skip
+    return EvalResult(folder, metrics)
+
+
+def compare(
+    model_a: str | Path,
+    model_b: str | Path,
+    data: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    n_boot: int = 2000,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> EvalResult:
+    """Two model files on the same records: AUROC difference, paired bootstrap CI, DeLong p.
+
+    The records and split come from model A's file; B is scored on exactly the same images.
+    """
+    meta_a, meta_b = read_metadata(model_a), read_metadata(model_b)
+    scored_a, context = _scored_records(model_a, meta_a, data, split, batch_size, device,
+                                           cache_dir)  # fmt: skip
+    scored_b, _ = _scored_records(model_b, meta_b, data, split, batch_size, device,
+                                     cache_dir, only=scored_a["path"])  # fmt: skip
+    scored_b = scored_b.set_index("path").loc[scored_a["path"]].reset_index()
+    y = scored_a["label"].to_numpy(dtype=int)
+    if y.min() == y.max():
+        raise UserError("the records have one class only: AUROC, and so the comparison, is "
+                        "undefined; give data with positives and negatives")  # fmt: skip
+    pa, pb = scored_a["probability"].to_numpy(), scored_b["probability"].to_numpy()
+    patients = scored_a["patient"].astype(str).to_numpy()
+    boot_a = patient_bootstrap(y, pa, patients, n=n_boot, seed=seed)
+    boot_b = patient_bootstrap(y, pb, patients, n=n_boot, seed=seed)  # the same resamples
+    test = delong_test(y, pa, pb)
+    notes = []
+    if _split_source(meta_a) != _split_source(meta_b) and split != "all":
+        notes.append("the two models were trained on different data or splits: model B may "
+                     "have seen some of these records in training")  # fmt: skip
+    result = {
+        **context,
+        "model_a": str(model_a),
+        "model_b": str(model_b),
+        "images": len(y),
+        "patients": len(set(patients)),
+        "positives": int(y.sum()),
+        "auroc_a": {"value": auroc(y, pa), "ci95": percentile_interval(boot_a.auroc)},
+        "auroc_b": {"value": auroc(y, pb), "ci95": percentile_interval(boot_b.auroc)},
+        "difference": {
+            "value": test["difference"],
+            "ci95": percentile_interval(boot_a.auroc - boot_b.auroc),
+            "ci95_method": f"paired patient bootstrap, {n_boot} resamples, seed {seed}",
+            "delong_z": test["z"],
+            "delong_p": test["p"],
+        },
+        "notes": notes,
+    }
+    folder = _out_folder(out)
+    atomic_write_text(folder / "comparison.json", json.dumps(result, indent=2) + "\n")
+    with atomic_open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+        pd.DataFrame({"path": scored_a["path"], "patient": scored_a["patient"], "label": y,
+                      "probability_a": np.round(pa, 6), "probability_b": np.round(pb, 6)}
+                     ).to_csv(f, index=False)  # fmt: skip
+    plots.roc_compare_plot(folder / "roc.png", y,
+                           {f"A {result['auroc_a']['value']:.3f}": pa,
+                            f"B {result['auroc_b']['value']:.3f}": pb},
+                           title=f"A: {Path(model_a).name}  B: {Path(model_b).name}\n"
+                                 f"{context['split']} split, {len(y)} images")  # fmt: skip
+    atomic_write_text(folder / "report.html", render_comparison(result, folder / "roc.png"))
+    return EvalResult(folder, result)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _scored_records(model, meta, data, split, batch_size, device, cache_dir, only=None):
+    """Records of ``split``, scored by ``model`` with its own preprocessing; and the context."""
+    if split not in SPLIT_CHOICES:
+        raise UserError(f"unknown split '{split}'; choose {', '.join(SPLIT_CHOICES)}")
+    records, table, description = _select(model, meta, data, split)
+    if only is not None:
+        table = table[table["path"].isin(set(only))]
+    pre = meta["preprocessing"]
+    cache = ImageCache(pre["image_size"], pre["resize"], root=cache_dir)
+    bad = cache.warm(list(table["path"]))
+    for _path, reason in bad:
+        print(f"skipped     {reason}")
+    table = table[~table["path"].isin({p for p, _ in bad})].reset_index(drop=True)
+    if table.empty:
+        raise UserError(f"{data}: no readable images in the {split} split")
+    net, _ = load_model(model)
+    dev = select_device(device)
+    net.to(dev)
+    logits = score_dataset(net, XrayDataset(table, cache), batch_size, dev, progress=True)
+    scored = table.assign(probability=probabilities(logits, meta).numpy())
+    context = {
+        "model": str(model),
+        "data": str(data),
+        "format": records.format,
+        "split": split,
+        "split_description": description,
+        "skipped": [{"path": p, "reason": r} for p, r in bad],
+    }
+    return scored, context
+
+
+def _split_source(meta: dict[str, Any]) -> tuple:
+    training = meta.get("training", {})
+    split = training.get("config", {}).get("split", {})
+    return (training.get("data"), split.get("seed"), split.get("train"), split.get("val"))
+
+
+def _same_data(a: str | Path, b: str | None) -> bool:
+    if b is None:
+        return False
+    if str(a) == str(b):
+        return True
+    return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
+
+
+def _select(model, meta, data, split) -> tuple[Records, pd.DataFrame, str]:
+    """The records to score and one sentence saying what they are."""
+    training = meta.get("training", {})
+    config = training.get("config", {})
+    same = _same_data(data, training.get("data"))
+    data_config = from_dict(DataConfig, config.get("data_config")) if same else None
+    records = load_records(data, data_config)
+    if split == "all":
+        if same:
+            return (
+                records,
+                records.table,
+                (
+                    "all records of the model's training data, training and validation images "
+                    "included: optimistic, not an estimate of performance on new patients"
+                ),
+            )
+        return records, records.table, "all records (data the model was not trained on)"
+    split_config = from_dict(SplitConfig, config.get("split"))
+    saved = Path(model).parent / "splits.csv"
+    if same and saved.is_file():
+        split_config.split_file = str(saved)
+    assignment = patient_split(records, split_config)
+    table = records.table[assignment == split]
+    if split == "val":
+        description = ("validation split: used for early stopping and to choose the threshold, "
+                       "so these numbers are optimistic")  # fmt: skip
+    else:
+        description = _TEST_SPLIT.format(seed=split_config.seed)
+    if not same:
+        description += ("; this data is not the model's training data, so its split was drawn "
+                        "afresh with the model's seed (--split all scores all of it)")  # fmt: skip
+    return records, table, description
+
+
+def _out_folder(out: str | Path | None) -> Path:
+    return fresh_folder(out if out else next_run_folder(Path("runs") / "evaluate", "exp"))

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint fuzz
+.PHONY: demo test lint fuzz chromium
 
 $(BIN)/cardiomegaly: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,9 +13,19 @@ $(BIN)/cardiomegaly: pyproject.toml
 demo: $(BIN)/cardiomegaly
 	$(BIN)/cardiomegaly demo
 
-test: $(BIN)/cardiomegaly
+test: $(BIN)/cardiomegaly chromium
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
+
+# The browser tests use Debian's Chromium. As root (CI) install it when missing; otherwise,
+# or when apt cannot, those tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1)) || \
+	    echo "chromium not installed: the browser tests will be skipped"; }
 
 lint: $(BIN)/cardiomegaly
 	$(BIN)/ruff check src tests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,18 @@ def tiny_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     cache = tmp_path_factory.getbasetemp() / "cache"
     train(tiny_train_config(tiny_phantoms, cache_dir=str(cache)), out=run)
     return run
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's, driven by Playwright); skipped where either is missing."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    executable = (os.environ.get("CARDIOMEGALY_CHROMIUM") or shutil.which("chromium")
+                  or shutil.which("chromium-browser"))  # fmt: skip
+    if not executable:
+        pytest.skip("no chromium on PATH (make test installs it with apt when run as root)")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, headless=True,
+                                     args=["--no-sandbox"])  # fmt: skip
+        yield chromium
+        chromium.close()

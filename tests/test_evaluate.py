@@ -253,6 +253,17 @@ def test_the_report_is_one_self_contained_page(tiny_run):
     assert html.count("src='data:image/png;base64,") == len(pngs) >= 6
 
 
+def test_the_report_renders_every_figure_in_chromium(tiny_run, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto((tiny_run / "test" / "report.html").as_uri())
+    images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+    assert len(images) >= 6 and all(done and width > 100 for done, width in images)
+    assert page.locator("text=Research use only").is_visible()
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert (tmp_path / "report.png").stat().st_size > 50_000
+    page.close()
+
+
 @pytest.mark.parametrize("split", ["all", "val"])
 def test_other_splits_say_what_they_are(tiny_run, tiny_phantoms, tmp_path, split):
     out = tmp_path / split

@@ -292,3 +292,17 @@ def scored_table(labels, probs, patients=None, **columns) -> pd.DataFrame:
         "probability": probs,
         **columns,
     })  # fmt: skip
+
+
+def write_corrupt_images(folder: Path) -> list[Path]:
+    """Three files that look like images by name and are not: what a batch job must survive."""
+    folder.mkdir(parents=True, exist_ok=True)
+    garbage = folder / "garbage.png"
+    garbage.write_bytes(b"this is not an image" * 10)
+    empty = folder / "empty.jpg"
+    empty.write_bytes(b"")
+    truncated = folder / "truncated.jpg"
+    full = write_jpeg(folder / "full.tmp.jpg", h=200, w=200).read_bytes()
+    truncated.write_bytes(full[: len(full) // 3])
+    (folder / "full.tmp.jpg").unlink()
+    return [garbage, empty, truncated]

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-import cardiomegaly.data.cache as cache_module
+import cardiomegaly.data.preprocess as decoder_module
 from cardiomegaly import ImageCache, ImageError, box_to_square, to_square
 from makers import write_jpeg, write_png
 
@@ -16,13 +16,13 @@ from makers import write_jpeg, write_png
 def decode_counter(monkeypatch):
     """Counts calls of the decoder behind the cache."""
     calls = []
-    real = cache_module.load_image
+    real = decoder_module.load_image
 
     def counting(path, **kwargs):
         calls.append(str(path))
         return real(path, **kwargs)
 
-    monkeypatch.setattr(cache_module, "load_image", counting)
+    monkeypatch.setattr(decoder_module, "load_image", counting)
     return calls
 
 

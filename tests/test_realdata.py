@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-import cardiomegaly.data.cache as cache_module
+import cardiomegaly.data.preprocess as decoder_module
 from cardiomegaly import DataConfig, ImageCache, load_records, patient_split
 
 
@@ -64,7 +64,7 @@ def test_second_pass_over_the_sample_decodes_nothing(nih_sample, tmp_path, monke
     first = time.perf_counter() - start
 
     decoded = []
-    monkeypatch.setattr(cache_module, "load_image", lambda *a, **k: decoded.append(a) or 1 / 0)
+    monkeypatch.setattr(decoder_module, "load_image", lambda *a, **k: decoded.append(a) or 1 / 0)
     start = time.perf_counter()
     assert ImageCache(299, root=tmp_path / "cache").warm(paths, progress=False) == []
     second = time.perf_counter() - start

@@ -181,6 +181,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Classifier, find_images, predict_files, write_predictions
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if args.out:
+        out = Path(args.out)
+        if out.suffix.lower() not in (".csv", ".json"):
+            raise UserError(f"{out}: give a .csv or .json file to write")
+        if out.exists():
+            raise UserError(f"{out}: exists; give a new file (nothing was changed)")
+    else:
+        out = next_run_folder(Path("runs") / "predict", "exp") / "predictions.csv"
+    paths = find_images(args.paths)
+    if not paths:
+        raise UserError(f"no image files found in {' '.join(args.paths)}")
+    clf = Classifier.load(args.model, device=args.device)
+    predictions = predict_files(clf, paths, args.batch_size, args.workers)
+    scored = [p for p in predictions if p.error is None]
+    if not main_rank:
+        return 0 if scored else 2
+    write_predictions(predictions, out)
+    positives = sum(p.label == 1 for p in scored)
+    print(f"scored      {len(scored)} of {len(paths)} images; {positives} at or above the "
+          f"threshold {clf.threshold:.3f} ({clf.meta['threshold']['rule']}, chosen on "
+          "validation)")  # fmt: skip
+    errors = [p for p in predictions if p.error is not None]
+    for p in errors[:20]:
+        print(f"error       {p.error}")
+    if len(errors) > 20:
+        print(f"error       ... and {len(errors) - 20} more (see the error column)")
+    print(f"predictions {out}")
+    if not scored:
+        raise UserError("no image could be read; see the reasons above")
+    return 0
+
+
 def _ci(interval: list[float] | None) -> str:
     return "n/a" if not interval else f"{interval[0]:.3f} to {interval[1]:.3f}"
 
@@ -271,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--cache-dir", help="preprocessing cache (default: user cache folder)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="probabilities for image files, folders or globs")
+    p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders (recursive), globs")
+    p.add_argument("--out", help="a .csv or .json file (default runs/predict/expN/predictions.csv)")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--workers", type=_positive_int, help="decoding threads (up to 4)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="the whole flow on phantoms, end to end")
     p.add_argument("--out", help="demo folder (default runs/demo/demoN)")

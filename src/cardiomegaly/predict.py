@@ -1,21 +1,38 @@
 """Scoring: a model and images in, probabilities out, with the model file's own preprocessing.
 
->>> model, meta = load_model("runs/train/exp/model.safetensors")                 # doctest: +SKIP
->>> logits = score_dataset(model, XrayDataset(records.table, ImageCache(299)))  # doctest: +SKIP
->>> probs = probabilities(logits, meta)                                         # doctest: +SKIP
+The :class:`Classifier` is what ``predict``, ``explain`` and ``serve`` use; ``score_dataset``
+scores a records table through the preprocessing cache (training and evaluation).
+
+>>> clf = Classifier.load("runs/train/exp/model.safetensors")     # doctest: +SKIP
+>>> clf.predict("film.dcm")                                         # doctest: +SKIP
+Prediction(path='film.dcm', probability=0.83, label=1, threshold=0.41, error=None)
 """
 
 from __future__ import annotations
 
+import glob
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .data.dataset import XrayDataset
-from .model import CardioNet
+from .data.images import pil_to_float
+from .data.preprocess import prepare_file, quantize, to_float, to_square
+from .data.records import IMAGE_SUFFIXES
+from .errors import ImageError, UserError
+from .model import CLASS_NAMES, CardioNet, load_model
 
 
 def select_device(device: str = "auto") -> torch.device:
@@ -24,13 +41,13 @@ def select_device(device: str = "auto") -> torch.device:
     >>> select_device("cpu")
     device(type='cpu')
     """
-    from .errors import UserError
-
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown device '{device}'; use auto, cpu or cuda")
-    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")  # one GPU per rank
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -92,3 +109,227 @@ def probabilities(logits: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     """
     temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
     return torch.sigmoid(logits.float() / temperature)
+
+
+# ------------------------------------------------------------------------------- the Classifier
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+@dataclass
+class Prediction:
+    """One image's answer. ``label`` 1 means cardiomegaly (probability >= threshold)."""
+
+    path: str | None
+    probability: float | None
+    label: int | None
+    threshold: float
+    error: str | None = None
+
+    @property
+    def class_name(self) -> str | None:
+        return None if self.label is None else CLASS_NAMES[self.label]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Classifier:
+    """A model file, ready to answer: preprocessing and threshold come from the file itself.
+
+    >>> clf = Classifier.load("runs/train/exp/model.safetensors")         # doctest: +SKIP
+    >>> [p.probability for p in clf.predict(["a.png", "b.dcm"])]           # doctest: +SKIP
+    [0.12, 0.91]
+    """
+
+    def __init__(self, model: CardioNet, meta: dict[str, Any], device: str = "auto") -> None:
+        self.meta = meta
+        self.device = select_device(device)
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            self.model.to(memory_format=torch.channels_last)
+        pre = meta["preprocessing"]
+        self.image_size: int = int(pre["image_size"])
+        self.resize: str = pre["resize"]
+        self.threshold: float = float(meta["threshold"]["value"])
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Classifier:
+        """Load a ``model.safetensors`` written by training."""
+        model, meta = load_model(path)
+        return cls(model, meta, device)
+
+    def preprocess(self, x: ImageInput) -> np.ndarray:
+        """One input as the model sees it: float32 (size, size) in [0, 1], quantized as in training.
+
+        Paths go through the same decoder as training. Arrays: 2-D uint8, uint16 or float in
+        [0, 1] (grey, 0 = black), or (H, W, 3|4) uint8 colour. PIL images of any mode.
+        """
+        if isinstance(x, str | Path):
+            return to_float(prepare_file(x, self.image_size, self.resize))
+        if isinstance(x, np.ndarray):
+            x = _array_to_image(x)
+        if isinstance(x, Image.Image):
+            bits = 16 if x.mode.startswith("I") else 8
+            square = to_square(pil_to_float(x), self.image_size, self.resize)
+            return to_float(quantize(square, bits))
+        raise TypeError(f"cannot predict on {type(x).__name__}; give a path, PIL image or array")
+
+    @torch.no_grad()
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for preprocessed images, shape (B, size, size)."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))[:, None]
+        with autocast(self.device):
+            logits = self.model(to_device(x, self.device)).float().cpu()
+        return probabilities(logits, self.meta).numpy()
+
+    def predict(
+        self, x: ImageInput | Sequence[ImageInput], batch_size: int = 16
+    ) -> Prediction | list[Prediction]:
+        """One input: a :class:`Prediction` (an unreadable file raises ImageError). A list: one
+        Prediction per item in order, unreadable ones carrying ``error`` instead of a probability.
+        """
+        if isinstance(x, list | tuple):
+            return list(self.predict_many(x, batch_size=batch_size))
+        name = str(x) if isinstance(x, str | Path) else None
+        p = float(self.probabilities(self.preprocess(x)[None])[0])
+        return Prediction(name, p, int(p >= self.threshold), self.threshold)
+
+    def predict_many(
+        self,
+        items: Iterable[ImageInput],
+        batch_size: int = 16,
+        workers: int | None = None,
+        progress: bool = False,
+        total: int | None = None,
+    ) -> Iterator[Prediction]:
+        """Predictions in input order; decoding runs in threads, ahead of the model."""
+        decoded = _decode_ahead(items, self._safe_preprocess, workers, window=2 * batch_size)
+        bar = tqdm(total=total, desc="predict", unit="img", disable=not progress)
+        while chunk := list(islice(decoded, batch_size)):
+            good = [arr for _, arr, _ in chunk if arr is not None]
+            probs = iter(self.probabilities(np.stack(good)) if good else [])
+            for item, arr, error in chunk:
+                name = str(item) if isinstance(item, str | Path) else None
+                if arr is None:
+                    yield Prediction(name, None, None, self.threshold, error)
+                else:
+                    p = float(next(probs))
+                    yield Prediction(name, p, int(p >= self.threshold), self.threshold)
+            bar.update(len(chunk))
+        bar.close()
+
+    def _safe_preprocess(self, x: ImageInput) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return self.preprocess(x), None
+        except ImageError as exc:
+            return None, str(exc)
+
+
+def _array_to_image(arr: np.ndarray) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
+        return Image.fromarray(arr[..., :3], "RGB")
+    if arr.ndim != 2:
+        raise ImageError(f"array of shape {arr.shape}: give (H, W) grey or (H, W, 3) uint8 colour")
+    if arr.dtype == np.uint8:
+        return Image.fromarray(arr, "L")
+    if arr.dtype == np.uint16:
+        return Image.fromarray(arr.astype(np.int32), "I")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ImageError("a float array must hold values in [0, 1] (0 = black)")
+        return Image.fromarray(np.round(arr * 65535).astype(np.int32), "I")
+    raise ImageError(f"array of dtype {arr.dtype}: give uint8, uint16 or float in [0, 1]")
+
+
+def _decode_ahead(
+    items: Iterable[Any], fn: Callable[[Any], tuple], workers: int | None, window: int
+) -> Iterator[tuple[Any, Any, Any]]:
+    """(item, *fn(item)) in order, with at most ``window`` decodes running ahead."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    it = iter(items)
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque((item, pool.submit(fn, item)) for item in islice(it, window))
+        while pending:
+            item, future = pending.popleft()
+            for nxt in islice(it, 1):
+                pending.append((nxt, pool.submit(fn, nxt)))
+            yield (item, *future.result())
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[str]:
+    """Files to predict on, in a stable order: files as given, folders searched recursively
+    (image suffixes, or none as DICOM often has), globs expanded. Missing paths are kept so
+    that they get an error row.
+
+    >>> find_images(["/nonexistent/film.png"])
+    ['/nonexistent/film.png']
+    """
+    out: list[str] = []
+    for raw in inputs:
+        text = str(raw)
+        path = Path(text)
+        if path.is_dir():
+            found = []
+            for folder, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in files:
+                    suffix = Path(name).suffix.lower()
+                    if name.startswith(".") or (suffix and suffix not in IMAGE_SUFFIXES):
+                        continue
+                    found.append(os.path.join(folder, name))
+            out.extend(sorted(found))
+        elif not path.exists() and glob.has_magic(text):
+            out.extend(sorted(p for p in glob.glob(text, recursive=True) if Path(p).is_file()))
+        else:
+            out.append(text)
+    return out
+
+
+def predict_files(
+    clf: Classifier,
+    paths: Sequence[str],
+    batch_size: int = 16,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[Prediction]:
+    """Predictions for ``paths`` in input order. Under ``torchrun`` every rank scores an
+    interleaved shard and every rank gets the merged list back.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return list(clf.predict_many(paths, batch_size, workers, progress, total=len(paths)))
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # only Python objects travel: gloo on CPU and GPU alike
+    rank = dist.get_rank()
+    shard = paths[rank::world]
+    mine = list(clf.predict_many(shard, batch_size, workers, progress and rank == 0, len(shard)))
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, mine)
+    return [parts[i % world][i // world] for i in range(len(paths))]
+
+
+def write_predictions(predictions: Sequence[Prediction], out: str | Path) -> None:
+    """CSV (path, probability, prediction, threshold, error) or JSON by the file's suffix."""
+    from .fileio import atomic_open, atomic_write_text
+
+    out = Path(out)
+    rows = [p.to_dict() for p in predictions]
+    for row in rows:
+        row["prediction"] = row.pop("label")
+        row["threshold"] = round(row["threshold"], 6)
+    if out.suffix.lower() == ".json":
+        import json
+
+        atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
+        return
+    import csv
+
+    columns = ["path", "probability", "prediction", "threshold", "error"]
+    with atomic_open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            if row["probability"] is not None:
+                row["probability"] = f"{row['probability']:.6f}"
+            writer.writerow({k: "" if row[k] is None else row[k] for k in columns})

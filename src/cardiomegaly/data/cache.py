@@ -25,8 +25,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ImageError
 from ..fileio import atomic_open
-from .images import load_image
-from .preprocess import to_square
+from .preprocess import prepare_file, to_float
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +68,14 @@ class ImageCache:
         except (FileNotFoundError, ValueError, OSError):
             stored = None
         if stored is not None and stored.shape == (self.size, self.size):
-            return _to_float(stored)
-        arr, meta = load_image(path, target_size=self.size, resize=self.resize)
-        out = to_square(arr, self.size, self.resize)
-        # 8-bit sources lose nothing in uint8; deeper ones keep 16 bits.
-        stored = (
-            np.round(out * 255).astype(np.uint8)
-            if meta.bits <= 8
-            else np.round(out * 65535).astype(np.uint16)
-        )
+            return to_float(stored)
+        stored = prepare_file(path, self.size, self.resize)
         try:
             with atomic_open(entry, "wb") as f:
                 np.save(f, stored, allow_pickle=False)
         except OSError as exc:  # a full or read-only cache slows us down but breaks nothing
             log.warning("cannot write cache entry %s (%s)", entry, exc)
-        return _to_float(stored)  # the stored values, so a hit and a miss return the same
+        return to_float(stored)  # the stored values, so a hit and a miss return the same
 
     def warm(
         self, paths: Sequence[str | Path], workers: int | None = None, progress: bool = True
@@ -113,8 +105,3 @@ class ImageCache:
             )
             failures = [r for r in bar if r is not None]
         return failures
-
-
-def _to_float(stored: np.ndarray) -> np.ndarray:
-    scale = 255.0 if stored.dtype == np.uint8 else 65535.0
-    return stored.astype(np.float32) / scale

@@ -139,7 +139,7 @@ def _load_pil(
         bits = 16 if im.mode.startswith("I") else 8
         mode = im.mode
         im = ImageOps.exif_transpose(im)
-        arr = _pil_to_float(im)
+        arr = pil_to_float(im)
     meta = ImageMeta(
         format=(im.format or kind).lower() if kind == "other" else kind,
         width=width,
@@ -158,7 +158,7 @@ def _draft_request(width: int, height: int, size: int, resize: str) -> tuple[int
     return math.ceil(width * scale), math.ceil(height * scale)
 
 
-def _pil_to_float(im: Image.Image) -> np.ndarray:
+def pil_to_float(im: Image.Image) -> np.ndarray:
     """Any Pillow mode to grey float32 in [0, 1], scaled by the container's range."""
     mode = im.mode
     if mode.startswith("I;16") or mode == "I":

@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
 from ..config import RESIZE_POLICIES
+from .images import load_image
 
 
 def to_square(arr: np.ndarray, size: int, resize: str = "pad") -> np.ndarray:
@@ -51,3 +54,25 @@ def box_to_square(
     nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
     left, top = (size - nw) // 2, (size - nh) // 2
     return left + x * scale, top + y * scale, bw * scale, bh * scale
+
+
+def quantize(square: np.ndarray, bits: int) -> np.ndarray:
+    """The model input as stored: uint8 for 8-bit sources (nothing lost), else uint16."""
+    if bits <= 8:
+        return np.round(square * 255).astype(np.uint8)
+    return np.round(square * 65535).astype(np.uint16)
+
+
+def to_float(stored: np.ndarray) -> np.ndarray:
+    """A stored (quantized) model input back to float32 in [0, 1]."""
+    scale = 255.0 if stored.dtype == np.uint8 else 65535.0
+    return stored.astype(np.float32) / scale
+
+
+def prepare_file(path: str | Path, size: int, resize: str = "pad") -> np.ndarray:
+    """Decode, square and quantize one file: the exact model input of training and inference.
+
+    Raises :class:`~cardiomegaly.errors.ImageError` for a file that cannot be decoded.
+    """
+    arr, meta = load_image(path, target_size=size, resize=resize)
+    return quantize(to_square(arr, size, resize), meta.bits)

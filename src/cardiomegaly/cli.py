@@ -196,7 +196,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = find_images(args.paths)
     if not paths:
         raise UserError(f"no image files found in {' '.join(args.paths)}")
-    clf = Classifier.load(args.model, device=args.device)
+    clf = Classifier.load(args.model, device=args.device, backend=args.backend)
     predictions = predict_files(clf, paths, args.batch_size, args.workers)
     scored = [p for p in predictions if p.error is None]
     if not main_rank:
@@ -214,6 +214,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"predictions {out}")
     if not scored:
         raise UserError("no image could be read; see the reasons above")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import PARITY_TOLERANCE, export
+
+    result = export(args.model, args.format, args.out)
+    diff = result.max_probability_difference
+    print(f"parity      largest probability difference from PyTorch {diff:.2e} on "
+          f"{result.samples} phantom films (limit {PARITY_TOLERANCE:g})")  # fmt: skip
+    print(f"exported    {result.path}")
     return 0
 
 
@@ -315,7 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--workers", type=_positive_int, help="decoding threads (up to 4)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: run MODEL's ONNX export on ONNX Runtime (torch)")  # fmt: skip
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="ONNX or TorchScript, verified against PyTorch")
+    p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--out", help="file to write (default: beside MODEL)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the whole flow on phantoms, end to end")
     p.add_argument("--out", help="demo folder (default runs/demo/demoN)")

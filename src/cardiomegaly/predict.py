@@ -32,6 +32,7 @@ from .data.images import pil_to_float
 from .data.preprocess import prepare_file, quantize, to_float, to_square
 from .data.records import IMAGE_SUFFIXES
 from .errors import ImageError, UserError
+from .export import read_onnx_metadata
 from .model import CLASS_NAMES, CardioNet, load_model
 
 
@@ -142,20 +143,41 @@ class Classifier:
     [0.12, 0.91]
     """
 
-    def __init__(self, model: CardioNet, meta: dict[str, Any], device: str = "auto") -> None:
+    def __init__(
+        self, model: CardioNet | None, meta: dict[str, Any], device: str = "auto", session=None
+    ) -> None:
         self.meta = meta
         self.device = select_device(device)
-        self.model = model.to(self.device).eval()
-        if self.device.type == "cpu":
-            self.model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.session = session  # an onnxruntime.InferenceSession instead of the torch model
+        if model is not None:
+            model.to(self.device).eval()
+            if self.device.type == "cpu":
+                model.to(memory_format=torch.channels_last)
         pre = meta["preprocessing"]
         self.image_size: int = int(pre["image_size"])
         self.resize: str = pre["resize"]
         self.threshold: float = float(meta["threshold"]["value"])
 
+    @property
+    def backend(self) -> str:
+        return "torch" if self.session is None else "onnx"
+
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> Classifier:
-        """Load a ``model.safetensors`` written by training."""
+    def load(cls, path: str | Path, device: str = "auto", backend: str = "torch") -> Classifier:
+        """Load a ``model.safetensors`` (PyTorch), or its ONNX export (``backend="onnx"``: the
+        ``.onnx`` beside it, or a ``.onnx`` path) to run on ONNX Runtime.
+        """
+        path = Path(path)
+        if backend == "onnx" or path.suffix == ".onnx":
+            onnx_path = path if path.suffix == ".onnx" else path.with_name(
+                path.name.split(".")[0] + ".onnx")  # fmt: skip
+            if not onnx_path.is_file():
+                raise UserError(f"{onnx_path}: no ONNX export; make it with "
+                                f"'cardiomegaly export {path} --format onnx'")  # fmt: skip
+            return cls(None, read_onnx_metadata(onnx_path), device, _onnx_session(onnx_path))
+        if backend != "torch":
+            raise UserError(f"unknown backend '{backend}'; choose torch or onnx")
         model, meta = load_model(path)
         return cls(model, meta, device)
 
@@ -178,6 +200,10 @@ class Classifier:
     @torch.no_grad()
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for preprocessed images, shape (B, size, size)."""
+        if self.session is not None:
+            x = np.ascontiguousarray(batch, dtype=np.float32)[:, None]
+            logits = torch.from_numpy(self.session.run(None, {"image": x})[0])
+            return probabilities(logits, self.meta).numpy()
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))[:, None]
         with autocast(self.device):
             logits = self.model(to_device(x, self.device)).float().cpu()
@@ -224,6 +250,12 @@ class Classifier:
             return self.preprocess(x), None
         except ImageError as exc:
             return None, str(exc)
+
+
+def _onnx_session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:

@@ -289,6 +289,21 @@ def _patient_anatomy(seed: int, patient: int) -> dict:
     }
 
 
+def sample_films(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """``n`` phantom films (uint8, n x size x size) rendered in memory: realistic sample inputs
+    for checks such as an export's parity, written nowhere.
+
+    >>> sample_films(2, 75).shape
+    (2, 75, 75)
+    """
+    films = []
+    for i in range(n):
+        anatomy = _patient_anatomy(seed, i)
+        rng = np.random.default_rng([seed, 3, i])
+        films.append(render_phantom(rng, size, anatomy, anatomy["ctr"], "PA").image)
+    return np.stack(films)
+
+
 def _film(job: tuple[int, int, int, int, int, Path]) -> tuple[dict, Phantom]:
     """Render and write film ``i``; everything random comes from (seed, i), so order is free."""
     i, patient, follow, seed, size, out = job

@@ -1,0 +1,93 @@
+"""Export: ONNX and TorchScript files that carry the model file's metadata and match PyTorch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+
+import cardiomegaly.export as export_module
+from cardiomegaly.cli import main
+from cardiomegaly.data.phantom import sample_films
+from cardiomegaly.errors import UserError
+from cardiomegaly.export import export, read_onnx_metadata
+from cardiomegaly.model import load_model, read_metadata
+from cardiomegaly.predict import Classifier
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tiny_run, tmp_path_factory):
+    return export(tiny_run / "model.safetensors", "onnx",
+                  tmp_path_factory.mktemp("export") / "model.onnx")  # fmt: skip
+
+
+def test_onnx_export_has_a_dynamic_batch_the_metadata_and_torchs_answers(onnx_file, tiny_run):
+    assert onnx_file.max_probability_difference <= 1e-4
+    proto = onnx.load(str(onnx_file.path))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert read_onnx_metadata(onnx_file.path) == read_metadata(tiny_run / "model.safetensors")
+    session = ort.InferenceSession(str(onnx_file.path), providers=["CPUExecutionProvider"])
+    net, _ = load_model(tiny_run / "model.safetensors")
+    for batch in (1, 5):
+        x = torch.from_numpy(sample_films(batch, 75, seed=7)).float().div(255)[:, None]
+        got = session.run(None, {"image": x.numpy()})[0]
+        with torch.no_grad():
+            assert np.allclose(got, net(x).numpy(), atol=1e-4)
+
+
+def test_the_onnx_backend_answers_as_the_torch_backend(onnx_file, tiny_run, tiny_phantoms,
+                                                        tmp_path):  # fmt: skip
+    onnx_clf = Classifier.load(onnx_file.path)
+    torch_clf = Classifier.load(tiny_run / "model.safetensors")
+    assert onnx_clf.backend == "onnx" and onnx_clf.threshold == torch_clf.threshold
+    paths = sorted(str(p) for p in (tiny_phantoms / "images").glob("*.png"))
+    a = [p.probability for p in onnx_clf.predict(paths)]
+    b = [p.probability for p in torch_clf.predict(paths)]
+    assert np.abs(np.array(a) - np.array(b)).max() <= 1e-4
+
+
+def test_predict_backend_onnx_finds_the_export_beside_the_model(tiny_run, tiny_phantoms,
+                                                                 tmp_path, capsys):  # fmt: skip
+    model = tmp_path / "model.safetensors"
+    model.write_bytes((tiny_run / "model.safetensors").read_bytes())
+    images = str(tiny_phantoms / "images")
+    assert main(["predict", str(model), images, "--backend", "onnx"]) == 2
+    assert "cardiomegaly export" in capsys.readouterr().err
+    assert main(["export", str(model), "--format", "onnx"]) == 0
+    assert "parity" in capsys.readouterr().out and (tmp_path / "model.onnx").is_file()
+    assert main(["predict", str(model), images, "--backend", "onnx",
+                 "--out", str(tmp_path / "onnx.csv")]) == 0  # fmt: skip
+    assert main(["predict", str(model), images, "--out", str(tmp_path / "torch.csv")]) == 0
+    a, b = pd.read_csv(tmp_path / "onnx.csv"), pd.read_csv(tmp_path / "torch.csv")
+    assert list(a["path"]) == list(b["path"])
+    assert (a["probability"] - b["probability"]).abs().max() <= 1e-4
+
+
+def test_torchscript_export_carries_the_metadata(tiny_run, tmp_path):
+    result = export(tiny_run / "model.safetensors", "torchscript", tmp_path / "m.pt")
+    assert result.max_probability_difference <= 1e-4
+    files = {"cardiomegaly.json": ""}
+    loaded = torch.jit.load(str(result.path), _extra_files=files)
+    assert json.loads(files["cardiomegaly.json"]) == read_metadata(tiny_run / "model.safetensors")
+    x = torch.from_numpy(sample_films(3, 75)).float().div(255)[:, None]
+    net, _ = load_model(tiny_run / "model.safetensors")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net(x), atol=1e-5)
+
+
+def test_an_export_never_overwrites_and_a_failed_check_writes_nothing(tiny_run, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    taken = tmp_path / "taken.onnx"
+    taken.write_text("mine")
+    with pytest.raises(UserError, match="exists"):
+        export(tiny_run / "model.safetensors", "onnx", taken)
+    assert taken.read_text() == "mine"
+    monkeypatch.setattr(export_module, "PARITY_TOLERANCE", -1.0)  # every export now "fails"
+    with pytest.raises(RuntimeError, match="differs from PyTorch"):
+        export(tiny_run / "model.safetensors", "torchscript", tmp_path / "new.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.onnx"]

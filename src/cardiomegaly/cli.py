@@ -202,6 +202,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not main_rank:
         return 0 if scored else 2
     write_predictions(predictions, out)
+    if args.cam and scored:
+        from .explain import write_overlays
+
+        cam_clf = clf if clf.backend == "torch" else Classifier.load(args.model, args.device)
+        fresh_folder(args.cam)
+        overlays = write_overlays(cam_clf, predictions, args.cam, args.batch_size)
+        print(f"grad-cam    {len(overlays)} overlays in {args.cam}")
     positives = sum(p.label == 1 for p in scored)
     print(f"scored      {len(scored)} of {len(paths)} images; {positives} at or above the "
           f"threshold {clf.threshold:.3f} ({clf.meta['threshold']['rule']}, chosen on "
@@ -214,6 +221,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"predictions {out}")
     if not scored:
         raise UserError("no image could be read; see the reasons above")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+
+    result = explain(args.model, args.data, args.split, args.out, batch_size=args.batch_size,
+                     device=args.device, layer=args.layer, n_boot=args.bootstrap)  # fmt: skip
+    s = result.summary
+    print(f"records     {s['images']} images ({s['split_description']}); {s['with_box']} with a "
+          f"heart box; Grad-CAM layer {s['layer']}")  # fmt: skip
+    if "pointing_game" in s:
+        for name, r in s["pointing_game"].items():
+            print(f"pointing    {name:<13} hit rate {r['value']:.3f} (95 % CI {_ci(r['ci95'])}, "
+                  f"{r['hits']} of {r['n']})")  # fmt: skip
+        for name, r in s["mean_iou"].items():
+            print(f"IoU         {name:<13} mean {r['value']:.3f} (95 % CI {_ci(r['ci95'])})")
+    else:
+        print(f"note        {s['note']}")
+    for item in s["skipped"][:20]:
+        print(f"skipped     {item['reason']}")
+    print(f"overlays    {result.folder / 'overlays'}")
+    print(f"summary     {result.folder / 'explain.json'}")
     return 0
 
 
@@ -328,7 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="onnx: run MODEL's ONNX export on ONNX Runtime (torch)")  # fmt: skip
+    p.add_argument("--cam", metavar="DIR", help="also write Grad-CAM overlays into this new folder")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="Grad-CAM overlays and localisation against heart boxes")
+    p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")
+    p.add_argument("--data", required=True, help="data folder, CSV, data YAML, or 'synthetic'")
+    p.add_argument("--split", choices=["test", "val", "all"], default="test",
+                   help="test or val of the model's own split, or all records (test)")  # fmt: skip
+    p.add_argument("--out", help="folder to write (default runs/explain/expN)")
+    p.add_argument("--layer", help="Grad-CAM layer (default: the last block with >= 8 x 8 cells)")
+    p.add_argument("--bootstrap", type=_positive_int, default=2000,
+                   help="patient bootstrap resamples for the IoU interval (2000)")  # fmt: skip
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("export", help="ONNX or TorchScript, verified against PyTorch")
     p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")

@@ -50,6 +50,7 @@ class Arch:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     min_size: int
+    cam_layers: tuple[str, ...]  # Grad-CAM candidates, the last block first
 
 
 def _inception(aux: bool) -> nn.Module:
@@ -85,6 +86,7 @@ ARCHS: dict[str, Arch] = {
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         min_size=75,
+        cam_layers=("Mixed_7c", "Mixed_6e", "Mixed_5d"),
     ),
     "densenet121": Arch(
         _densenet,
@@ -95,6 +97,7 @@ ARCHS: dict[str, Arch] = {
         mean=_IMAGENET_MEAN,
         std=_IMAGENET_STD,
         min_size=29,
+        cam_layers=("features.denseblock4", "features.denseblock3"),
     ),
     "resnet50": Arch(
         _resnet,
@@ -105,6 +108,7 @@ ARCHS: dict[str, Arch] = {
         mean=_IMAGENET_MEAN,
         std=_IMAGENET_STD,
         min_size=32,
+        cam_layers=("layer4", "layer3"),
     ),
 }
 

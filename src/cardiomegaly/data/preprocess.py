@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import RESIZE_POLICIES
-from .images import load_image
+from .images import ImageMeta, load_image
 
 
 def to_square(arr: np.ndarray, size: int, resize: str = "pad") -> np.ndarray:
@@ -74,5 +74,13 @@ def prepare_file(path: str | Path, size: int, resize: str = "pad") -> np.ndarray
 
     Raises :class:`~cardiomegaly.errors.ImageError` for a file that cannot be decoded.
     """
+    return prepare_file_with_meta(path, size, resize)[0]
+
+
+def prepare_file_with_meta(
+    path: str | Path, size: int, resize: str = "pad"
+) -> tuple[np.ndarray, ImageMeta]:
+    """:func:`prepare_file`, and the file's :class:`ImageMeta` (its original width and height
+    place a box given in the file's pixels on the model input, with :func:`box_to_square`)."""
     arr, meta = load_image(path, target_size=size, resize=resize)
-    return quantize(to_square(arr, size, resize), meta.bits)
+    return quantize(to_square(arr, size, resize), meta.bits), meta

@@ -148,9 +148,7 @@ def compare(
 
 def _scored_records(model, meta, data, split, batch_size, device, cache_dir, only=None):
     """Records of ``split``, scored by ``model`` with its own preprocessing; and the context."""
-    if split not in SPLIT_CHOICES:
-        raise UserError(f"unknown split '{split}'; choose {', '.join(SPLIT_CHOICES)}")
-    records, table, description = _select(model, meta, data, split)
+    records, table, description = select_records(model, meta, data, split)
     if only is not None:
         table = table[table["path"].isin(set(only))]
     pre = meta["preprocessing"]
@@ -191,8 +189,13 @@ def _same_data(a: str | Path, b: str | None) -> bool:
     return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
 
 
-def _select(model, meta, data, split) -> tuple[Records, pd.DataFrame, str]:
-    """The records to score and one sentence saying what they are."""
+def select_records(
+    model: str | Path, meta: dict[str, Any], data: str | Path, split: str
+) -> tuple[Records, pd.DataFrame, str]:
+    """The records of ``split`` for ``model`` (whose metadata is ``meta``) and one sentence
+    saying what they are: its own test or validation patients, or all records."""
+    if split not in SPLIT_CHOICES:
+        raise UserError(f"unknown split '{split}'; choose {', '.join(SPLIT_CHOICES)}")
     training = meta.get("training", {})
     config = training.get("config", {})
     same = _same_data(data, training.get("data"))

@@ -91,3 +91,23 @@ def test_an_export_never_overwrites_and_a_failed_check_writes_nothing(tiny_run, 
     with pytest.raises(RuntimeError, match="differs from PyTorch"):
         export(tiny_run / "model.safetensors", "torchscript", tmp_path / "new.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.onnx"]
+
+
+def test_int8_is_kept_only_when_validation_auroc_holds(tiny_run, tiny_phantoms, tmp_path,
+                                                        monkeypatch):  # fmt: skip
+    from cardiomegaly.export import int8_acceptable, quantize_int8
+
+    assert int8_acceptable(0.90, 0.905) and int8_acceptable(0.90, 0.895)
+    assert not int8_acceptable(0.90, 0.906) and not int8_acceptable(0.90, 0.894)
+
+    fp32 = export(tiny_run / "model.safetensors", "onnx", tmp_path / "model.onnx").path
+    monkeypatch.setattr(export_module, "INT8_MAX_AUROC_CHANGE", 1.0)  # keep whatever it scores
+    kept = quantize_int8(tiny_run / "model.safetensors", fp32, tiny_phantoms, calibration=8)
+    assert kept.path == tmp_path / "model.int8.onnx" and kept.path.is_file()
+    assert read_onnx_metadata(kept.path)["quantization"]["calibration_images"] == 8
+    assert kept.val_images > 0 and kept.images_per_second_int8 > 0
+    int8 = Classifier.load(kept.path)
+    paths = sorted(str(p) for p in (tiny_phantoms / "images").glob("*.png"))[:6]
+    a = np.array([p.probability for p in int8.predict(paths)])
+    b = np.array([p.probability for p in Classifier.load(fp32).predict(paths)])
+    assert np.abs(a - b).max() < 0.1  # int8 approximates fp32; it does not reproduce it

@@ -194,7 +194,7 @@ def select_records(
 ) -> tuple[Records, pd.DataFrame, str]:
     """The records of ``split`` for ``model`` (whose metadata is ``meta``) and one sentence
     saying what they are: its own test or validation patients, or all records."""
-    if split not in SPLIT_CHOICES:
+    if split not in (*SPLIT_CHOICES, "train"):
         raise UserError(f"unknown split '{split}'; choose {', '.join(SPLIT_CHOICES)}")
     training = meta.get("training", {})
     config = training.get("config", {})
@@ -218,7 +218,9 @@ def select_records(
         split_config.split_file = str(saved)
     assignment = patient_split(records, split_config)
     table = records.table[assignment == split]
-    if split == "val":
+    if split == "train":
+        description = "training split: the images the model learned from"
+    elif split == "val":
         description = ("validation split: used for early stopping and to choose the threshold, "
                        "so these numbers are optimistic")  # fmt: skip
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -11,13 +12,14 @@ import pandas as pd
 import pytest
 import torch
 
-import cardiomegaly.export as export_module
 from cardiomegaly.cli import main
 from cardiomegaly.data.phantom import sample_films
 from cardiomegaly.errors import UserError
 from cardiomegaly.export import export, read_onnx_metadata
 from cardiomegaly.model import load_model, read_metadata
 from cardiomegaly.predict import Classifier
+
+export_module = importlib.import_module("cardiomegaly.export")  # the package re-exports export()
 
 
 @pytest.fixture(scope="module")

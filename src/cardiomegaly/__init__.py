@@ -34,7 +34,10 @@ from .data import (
 )
 from .errors import ConfigError, DataError, ImageError, UserError
 from .evaluate import EvalResult, auroc, choose_threshold, compare, evaluate, operating_point
+from .explain import explain
+from .export import export
 from .model import CardioNet, build_model, load_model, load_weights, read_metadata, save_model
+from .predict import Classifier, Prediction
 from .summary import DataSummary, summarize
 from .train import TrainResult, train
 
@@ -42,6 +45,7 @@ __all__ = [
     "RECORD_COLUMNS",
     "AugmentConfig",
     "CardioNet",
+    "Classifier",
     "Columns",
     "ConfigError",
     "DataConfig",
@@ -51,6 +55,7 @@ __all__ = [
     "ImageCache",
     "ImageError",
     "ImageMeta",
+    "Prediction",
     "PreprocessConfig",
     "Records",
     "SplitConfig",
@@ -65,6 +70,8 @@ __all__ = [
     "compare",
     "detect_format",
     "evaluate",
+    "explain",
+    "export",
     "load_image",
     "load_model",
     "load_records",

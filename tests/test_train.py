@@ -60,6 +60,7 @@ def test_a_run_folder_holds_everything_listed(phantoms, tmp_path):
     assert metrics["images"] == split["test"]["images"]
     assert len(pd.read_csv(run / "test/predictions.csv")) == metrics["images"]
     assert set(meta["threshold"]["operating_points"]) == {"youden", "sens90", "spec90"}
+    assert meta["evaluation"]["auroc"] == metrics["auroc"]["value"]  # for the model card
     assert result.test["auroc"] == metrics["auroc"]
     saved = pd.read_csv(run / "splits.csv")
     assert (saved.groupby("patient")["split"].nunique() == 1).all()

@@ -247,6 +247,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .serve import create_app
+
+    app = create_app(args.model, max_upload_mb=args.max_upload_mb, concurrency=args.concurrency,
+                     timeout_s=args.timeout, device=args.device)  # fmt: skip
+    print(f"serving     {args.model} on http://{args.host}:{args.port}/  (API docs: /docs)")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning     listening on {args.host}: reachable from other machines; no "
+              "authentication, research use only")  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import INT8_MAX_AUROC_CHANGE, PARITY_TOLERANCE, export, quantize_int8
 
@@ -395,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "if validation AUROC moves by at most 0.005")  # fmt: skip
     p.add_argument("--data", help="the model's training data (for --int8)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP API and web page for one model file")
+    p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine)")
+    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=30, help="larger uploads get 413 (30)")
+    p.add_argument("--concurrency", type=_positive_int, default=2, help="inferences at once (2)")
+    p.add_argument("--timeout", type=float, default=60, help="seconds per inference (60)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the whole flow on phantoms, end to end")
     p.add_argument("--out", help="demo folder (default runs/demo/demoN)")

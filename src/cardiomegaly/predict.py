@@ -114,7 +114,7 @@ def probabilities(logits: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------- the Classifier
 
-ImageInput = str | Path | Image.Image | np.ndarray
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
 
 @dataclass
@@ -184,11 +184,14 @@ class Classifier:
     def preprocess(self, x: ImageInput) -> np.ndarray:
         """One input as the model sees it: float32 (size, size) in [0, 1], quantized as in training.
 
-        Paths go through the same decoder as training. Arrays: 2-D uint8, uint16 or float in
-        [0, 1] (grey, 0 = black), or (H, W, 3|4) uint8 colour. PIL images of any mode.
+        Paths (and file bytes) go through the same decoder as training. Arrays: 2-D uint8,
+        uint16 or float in [0, 1] (grey, 0 = black), or (H, W, 3|4) uint8 colour. PIL images of
+        any mode.
         """
         if isinstance(x, str | Path):
             return to_float(prepare_file(x, self.image_size, self.resize))
+        if isinstance(x, bytes | bytearray):  # an upload, decoded in memory
+            return to_float(prepare_file(bytes(x), self.image_size, self.resize, name="upload"))
         if isinstance(x, np.ndarray):
             x = _array_to_image(x)
         if isinstance(x, Image.Image):

@@ -275,6 +275,11 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
         test = write_report(run_dir / "test", scored, meta, context,
                             training_curves=run_dir / "curves.png")  # fmt: skip
         auc = test["auroc"]
+        # The model file remembers how it did on test, for the model card (weights unchanged).
+        meta["evaluation"] = {"split": "test", "images": test["images"],
+                              "positives": test["positives"], "auroc": auc["value"],
+                              "auroc_ci95": auc.get("ci95")}  # fmt: skip
+        save_model(run_dir / "model.safetensors", best, meta)
         primary = next(iter(test["operating_points"].values()))
         print(
             f"test AUROC {_fmt(auc['value'])} (95 % CI {_fmt_ci(auc.get('ci95'))}, patient "

@@ -10,6 +10,7 @@ kept: no DICOM tag that names, numbers or dates a patient leaves this module.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import warnings
@@ -68,71 +69,80 @@ def sniff_format(head: bytes, path: Path) -> str:
 
 
 def load_image(
-    path: str | Path,
+    path: str | Path | bytes,
     *,
     target_size: int | None = None,
     resize: str = "pad",
     max_pixels: int = MAX_PIXELS,
+    name: str | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
-    """Read an image file into a float32 array in [0, 1] (0 = black, as displayed).
+    """Read an image file (or its bytes) into a float32 array in [0, 1] (0 = black, as displayed).
 
     ``target_size`` (with the ``resize`` policy that will follow) lets JPEG decoding scale down
     by 1/2, 1/4 or 1/8 inside the decoder while staying at least as large as the square it will
     be resized to (Pillow's draft mode): several times faster when the model input is small.
-    Raises :class:`ImageError` with the file name and the reason for any file it cannot decode.
+    Bytes (an upload) are decoded in memory and called ``name`` in messages. Raises
+    :class:`ImageError` with the file name and the reason for anything it cannot decode.
 
     >>> arr, meta = load_image("00000013_005.jpg", target_size=299)  # doctest: +SKIP
     """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image file") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if isinstance(path, bytes | bytearray):
+        label = name or "upload"
+        head = bytes(path[:132])
+        src: Any = io.BytesIO(path)
+        hint = Path(label)
+    else:
+        label = str(path)
+        hint = src = Path(path)
+        try:
+            with open(src, "rb") as f:
+                head = f.read(132)
+        except FileNotFoundError:
+            raise ImageError(f"{label}: file not found") from None
+        except IsADirectoryError:
+            raise ImageError(f"{label}: is a folder, not an image file") from None
+        except OSError as exc:
+            raise ImageError(f"{label}: cannot read ({exc.strerror or exc})") from None
     if not head:
-        raise ImageError(f"{path}: file is empty (0 bytes)")
-    kind = sniff_format(head, path)
+        raise ImageError(f"{label}: file is empty (0 bytes)")
+    kind = sniff_format(head, hint)
     try:
         if kind.startswith("dicom"):
-            return _load_dicom(path, force=kind == "dicom-raw", max_pixels=max_pixels)
-        return _load_pil(path, kind, target_size, resize, max_pixels)
+            return _load_dicom(src, label, force=kind == "dicom-raw", max_pixels=max_pixels)
+        return _load_pil(src, label, kind, target_size, resize, max_pixels)
     except ImageError:
         raise
     except Image.DecompressionBombError:
         raise ImageError(
-            f"{path}: image header claims more than {max_pixels:,} pixels; refused as a "
+            f"{label}: image header claims more than {max_pixels:,} pixels; refused as a "
             "possible decompression bomb"
         ) from None
     except MemoryError:
-        raise ImageError(f"{path}: image too large to decode in memory") from None
+        raise ImageError(f"{label}: image too large to decode in memory") from None
     except Exception as exc:  # every decoder failure is a property of this one file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         what = {"other": "image", "dicom-raw": "DICOM"}.get(kind, kind.upper())
-        raise ImageError(f"{path}: cannot decode {what} ({reason})") from None
+        raise ImageError(f"{label}: cannot decode {what} ({reason})") from None
 
 
 def _load_pil(
-    path: Path, kind: str, target_size: int | None, resize: str, max_pixels: int
+    src: Any, label: str, kind: str, target_size: int | None, resize: str, max_pixels: int
 ) -> tuple[np.ndarray, ImageMeta]:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            im = Image.open(path)
+            im = Image.open(src)
         except Image.UnidentifiedImageError:
-            raise ImageError(f"{path}: not a PNG, JPEG or DICOM image") from None
+            raise ImageError(f"{label}: not a PNG, JPEG or DICOM image") from None
     with im:
         width, height = im.size
         if width * height > max_pixels:
             raise ImageError(
-                f"{path}: image header claims {width:,} x {height:,} pixels, over the limit of "
+                f"{label}: image header claims {width:,} x {height:,} pixels, over the limit of "
                 f"{max_pixels:,}; refused as a possible decompression bomb"
             )
         if getattr(im, "n_frames", 1) > 1 and im.format != "PNG":
-            raise ImageError(f"{path}: has {im.n_frames} frames; give a single-frame image")
+            raise ImageError(f"{label}: has {im.n_frames} frames; give a single-frame image")
         if target_size is not None and im.format == "JPEG":
             im.draft("L", _draft_request(width, height, target_size, resize))
         im.load()
@@ -183,28 +193,30 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
     return ((arr - lo) / (hi - lo)).astype(np.float32)
 
 
-def _load_dicom(path: Path, *, force: bool, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
+def _load_dicom(
+    src: Any, label: str, *, force: bool, max_pixels: int
+) -> tuple[np.ndarray, ImageMeta]:
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
     try:
-        ds = pydicom.dcmread(path, force=force)
+        ds = pydicom.dcmread(src, force=force)
     except Exception as exc:
-        raise ImageError(f"{path}: not a readable DICOM file ({exc})") from None
+        raise ImageError(f"{label}: not a readable DICOM file ({exc})") from None
     if "PixelData" not in ds:
         if force and len(ds) == 0:
-            raise ImageError(f"{path}: not a PNG, JPEG or DICOM image")
-        raise ImageError(f"{path}: DICOM file has no pixel data (not an image object)")
+            raise ImageError(f"{label}: not a PNG, JPEG or DICOM image")
+        raise ImageError(f"{label}: DICOM file has no pixel data (not an image object)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageError(
-            f"{path}: multi-frame DICOM ({frames} frames) is not supported; "
+            f"{label}: multi-frame DICOM ({frames} frames) is not supported; "
             "export the frame you want as a single-frame file"
         )
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     if rows * cols > max_pixels:
         raise ImageError(
-            f"{path}: DICOM header claims {cols:,} x {rows:,} pixels, over the limit of "
+            f"{label}: DICOM header claims {cols:,} x {rows:,} pixels, over the limit of "
             f"{max_pixels:,}; refused"
         )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -214,12 +226,12 @@ def _load_dicom(path: Path, *, force: bool, max_pixels: int) -> tuple[np.ndarray
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         name = getattr(syntax, "name", str(syntax)) or "unknown transfer syntax"
-        raise ImageError(f"{path}: cannot decode DICOM pixel data ({name}): {reason}") from None
+        raise ImageError(f"{label}: cannot decode DICOM pixel data ({name}): {reason}") from None
     if arr.ndim == 3:  # colour (RGB after pydicom's YBR conversion): luminance
         arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         out = _minmax(arr)
     elif arr.ndim != 2:
-        raise ImageError(f"{path}: DICOM pixel data has shape {arr.shape}, not one 2-D image")
+        raise ImageError(f"{label}: DICOM pixel data has shape {arr.shape}, not one 2-D image")
     else:
         values = apply_modality_lut(arr, ds).astype(np.float64)
         out = _apply_voi(values, ds)

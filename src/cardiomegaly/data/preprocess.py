@@ -69,18 +69,21 @@ def to_float(stored: np.ndarray) -> np.ndarray:
     return stored.astype(np.float32) / scale
 
 
-def prepare_file(path: str | Path, size: int, resize: str = "pad") -> np.ndarray:
-    """Decode, square and quantize one file: the exact model input of training and inference.
+def prepare_file(
+    path: str | Path | bytes, size: int, resize: str = "pad", name: str | None = None
+) -> np.ndarray:
+    """Decode, square and quantize one file (or its bytes, called ``name`` in messages): the
+    exact model input of training and inference.
 
     Raises :class:`~cardiomegaly.errors.ImageError` for a file that cannot be decoded.
     """
-    return prepare_file_with_meta(path, size, resize)[0]
+    return prepare_file_with_meta(path, size, resize, name)[0]
 
 
 def prepare_file_with_meta(
-    path: str | Path, size: int, resize: str = "pad"
+    path: str | Path | bytes, size: int, resize: str = "pad", name: str | None = None
 ) -> tuple[np.ndarray, ImageMeta]:
     """:func:`prepare_file`, and the file's :class:`ImageMeta` (its original width and height
     place a box given in the file's pixels on the model input, with :func:`box_to_square`)."""
-    arr, meta = load_image(path, target_size=size, resize=resize)
+    arr, meta = load_image(path, target_size=size, resize=resize, name=name)
     return quantize(to_square(arr, size, resize), meta.bits), meta

@@ -1,0 +1,164 @@
+"""Serving: the API's answers and every error status, privacy, and the page in a real browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import socket
+import tempfile
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from cardiomegaly.predict import Classifier
+from cardiomegaly.serve import create_app
+from makers import IDENTIFIERS, write_dicom
+
+fastapi_testclient = pytest.importorskip("fastapi.testclient")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run):
+    with fastapi_testclient.TestClient(create_app(tiny_run / "model.safetensors")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def film(tiny_phantoms):
+    return sorted((tiny_phantoms / "images").glob("*.png"))[0]
+
+
+def _upload(path_or_bytes, name="film.png"):
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
+    return {"file": (name, data, "application/octet-stream")}
+
+
+def test_health_and_model_card(client, tiny_run):
+    assert client.get("/health").json()["status"] == "ok"
+    card = client.get("/v1/model").json()
+    assert card["intended_use"].startswith("research only")
+    assert card["threshold"]["chosen_on"] == "validation split"
+    assert card["validation_auroc"] is not None and card["test"]["split"] == "test"
+    assert card["split"]["test"]["images"] > 0
+    assert client.get("/docs").status_code == 200
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_predict_answers_as_the_classifier_does(client, tiny_run, film):
+    body = client.post("/v1/predict", files=_upload(film)).json()
+    expected = Classifier.load(tiny_run / "model.safetensors").predict(film)
+    assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert body["label"] == expected.label and body["threshold"] == expected.threshold
+    assert body["model"]["name"] == "model.safetensors" and body["inference_ms"] > 0
+    assert "cam_png_base64" not in body
+
+
+def test_cam_adds_an_overlay_png(client, film):
+    body = client.post("/v1/predict?cam=1", files=_upload(film)).json()
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["cam_png_base64"])))
+    assert overlay.format == "PNG" and overlay.size == (512, 512)
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "words"),
+    [
+        ({"files": {"file": ("x.png", b"plain text, not a picture", "image/png")}}, 415,
+         "not a PNG"),
+        ({"files": {"file": ("x.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image/png")}}, 422,
+         "upload: "),
+        ({"files": {"other": ("x.png", b"\x89PNG", "image/png")}}, 400, "got 0"),
+        ({"files": [("file", ("a.png", b"1", "image/png")),
+                    ("file", ("b.png", b"2", "image/png"))]}, 400, "got 2"),
+        ({"content": b""}, 400, "multipart"),
+        ({"files": {"file": ("x.png", b"", "image/png")}}, 422, "empty"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_their_status_and_a_reason(client, request_kwargs, status, words):
+    response = client.post("/v1/predict", **request_kwargs)
+    assert response.status_code == status
+    assert words in response.json()["detail"]
+
+
+def test_an_upload_over_the_limit_gets_413(tiny_run, film):
+    app = create_app(tiny_run / "model.safetensors", max_upload_mb=0.001)  # about 1 kB
+    with fastapi_testclient.TestClient(app) as c:
+        response = c.post("/v1/predict", files=_upload(b"\x89PNG" + b"\0" * 5000))
+        assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_an_inference_over_the_time_limit_gets_503(tiny_run, film):
+    app = create_app(tiny_run / "model.safetensors", timeout_s=1e-4)
+    with fastapi_testclient.TestClient(app) as c:
+        response = c.post("/v1/predict?cam=1", files=_upload(film))
+        assert response.status_code == 503
+
+
+def test_uploads_never_touch_the_disk(client, film, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a temporary file was created")
+
+    for name in ("SpooledTemporaryFile", "NamedTemporaryFile", "TemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    assert client.post("/v1/predict?cam=1", files=_upload(film)).status_code == 200
+
+
+def test_no_patient_identifier_reaches_a_response_or_a_log(client, tmp_path, caplog):
+    dicom = write_dicom(tmp_path / "film.dcm")
+    caplog.set_level(logging.DEBUG)
+    response = client.post("/v1/predict?cam=1", files=_upload(dicom, "Doe^Jane^Secret.dcm"))
+    assert response.status_code == 200
+    bad = client.post("/v1/predict", files=_upload(dicom.read_bytes()[:400], "Doe^Jane.dcm"))
+    text = response.text + bad.text + caplog.text
+    for value in IDENTIFIERS.values():
+        assert value not in text
+    assert "Doe" not in text  # nor the file name the user chose
+
+
+def test_the_page_works_offline_and_says_research_only(client):
+    page = client.get("/").text
+    assert "Research use only" in page and "not a medical device" in page.lower()
+    assert "http://" not in page and "https://" not in page  # no external fonts or scripts
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_browser_uploads_a_film_and_sees_the_answer(tiny_run, film, browser, tmp_path):
+    import uvicorn
+
+    port = _free_port()
+    app = create_app(tiny_run / "model.safetensors")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.1)
+        page = browser.new_page(viewport={"width": 1000, "height": 1100})
+        page.goto(f"http://127.0.0.1:{port}/")
+        assert page.locator(".banner").inner_text().startswith("Research use only")
+        for _ in range(5):  # keyboard only: Tab reaches the file chooser
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "file":
+                break
+        assert page.evaluate("document.activeElement.id") == "file"
+        page.set_input_files("#file", str(film))
+        page.wait_for_function("document.getElementById('overlay').naturalWidth > 0",
+                               timeout=60_000)  # fmt: skip
+        verdict = page.locator("#verdict").inner_text()
+        assert "probability" in verdict
+        assert float(page.evaluate("document.getElementById('fill').style.width")[:-1]) >= 0
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        assert (tmp_path / "page.png").stat().st_size > 20_000
+        page.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -54,6 +54,15 @@ def tiny_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="session")
+def tiny_onnx(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny run's model exported to ONNX once (an export takes about 20 s)."""
+    from cardiomegaly.export import export
+
+    return export(tiny_run / "model.safetensors", "onnx",
+                  tmp_path_factory.mktemp("export") / "model.onnx")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def browser():
     """Headless Chromium (Debian's, driven by Playwright); skipped where either is missing."""
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")

@@ -67,12 +67,9 @@ def test_an_overlay_shows_the_probability_the_threshold_and_the_box():
     assert (pixels[..., 1] > 200).any() and ((pixels[..., 1] > 200) & (pixels[..., 0] < 100)).any()
 
 
-def test_grad_cam_refuses_an_onnx_classifier(tiny_run, tmp_path):
-    from cardiomegaly.export import export
-
-    onnx_file = export(tiny_run / "model.safetensors", "onnx", tmp_path / "m.onnx").path
+def test_grad_cam_refuses_an_onnx_classifier(tiny_onnx):
     with pytest.raises(UserError, match="PyTorch model file"):
-        heatmaps(Classifier.load(onnx_file), np.zeros((1, 75, 75), np.float32))
+        heatmaps(Classifier.load(tiny_onnx.path), np.zeros((1, 75, 75), np.float32))
 
 
 def test_explain_writes_overlays_and_scores_localisation_against_baselines(

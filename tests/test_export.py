@@ -22,10 +22,9 @@ from cardiomegaly.predict import Classifier
 export_module = importlib.import_module("cardiomegaly.export")  # the package re-exports export()
 
 
-@pytest.fixture(scope="module")
-def onnx_file(tiny_run, tmp_path_factory):
-    return export(tiny_run / "model.safetensors", "onnx",
-                  tmp_path_factory.mktemp("export") / "model.onnx")  # fmt: skip
+@pytest.fixture
+def onnx_file(tiny_onnx):
+    return tiny_onnx
 
 
 def test_onnx_export_has_a_dynamic_batch_the_metadata_and_torchs_answers(onnx_file, tiny_run):
@@ -95,16 +94,17 @@ def test_an_export_never_overwrites_and_a_failed_check_writes_nothing(tiny_run, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.onnx"]
 
 
-def test_int8_is_kept_only_when_validation_auroc_holds(tiny_run, tiny_phantoms, tmp_path,
-                                                        monkeypatch):  # fmt: skip
+def test_int8_is_kept_only_when_validation_auroc_holds(tiny_run, tiny_onnx, tiny_phantoms,
+                                                        tmp_path, monkeypatch):  # fmt: skip
     from cardiomegaly.export import int8_acceptable, quantize_int8
 
     assert int8_acceptable(0.90, 0.905) and int8_acceptable(0.90, 0.895)
     assert not int8_acceptable(0.90, 0.906) and not int8_acceptable(0.90, 0.894)
 
-    fp32 = export(tiny_run / "model.safetensors", "onnx", tmp_path / "model.onnx").path
+    fp32 = tiny_onnx.path
     monkeypatch.setattr(export_module, "INT8_MAX_AUROC_CHANGE", 1.0)  # keep whatever it scores
-    kept = quantize_int8(tiny_run / "model.safetensors", fp32, tiny_phantoms, calibration=8)
+    kept = quantize_int8(tiny_run / "model.safetensors", fp32, tiny_phantoms,
+                         tmp_path / "model.int8.onnx", calibration=8)  # fmt: skip
     assert kept.path == tmp_path / "model.int8.onnx" and kept.path.is_file()
     assert read_onnx_metadata(kept.path)["quantization"]["calibration_images"] == 8
     assert kept.val_images > 0 and kept.images_per_second_int8 > 0

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint fuzz chromium
+.PHONY: demo test lint fuzz chromium bench
 
 $(BIN)/cardiomegaly: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ chromium:
 	     (apt-get update -q >/dev/null 2>&1 && \
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1)) || \
 	    echo "chromium not installed: the browser tests will be skipped"; }
+
+# Speed benchmarks (not tests): writes benchmarks/RESULTS.md. The NIH sample, where present,
+# adds predict end to end on real JPEGs.
+bench: $(BIN)/cardiomegaly
+	$(BIN)/python benchmarks/bench.py --data ../shared/data/nih-cxr-cardiomegaly
 
 lint: $(BIN)/cardiomegaly
 	$(BIN)/ruff check src tests

@@ -36,7 +36,7 @@ from .data.split import patient_split, save_splits
 from .errors import UserError
 from .evaluate.metrics import THRESHOLD_RULES, auroc, choose_threshold, fit_temperature
 from .evaluate.report import write_report
-from .evaluate.run import _TEST_SPLIT
+from .evaluate.run import TEST_SPLIT
 from .fileio import atomic_open, next_run_folder
 from .model import build_model, load_model, load_weights, preprocessing_for, save_model
 from .predict import autocast, probabilities, score_dataset, select_device, to_device
@@ -258,8 +258,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
         temperature = fit_temperature(val_logits.numpy(), val_ds.labels)
         meta["calibration"] = {"temperature": temperature, "fitted_on": "validation split"}
         meta["threshold"] = _threshold(cfg, val_ds.labels, probabilities(val_logits, meta))
-        if ddp.main:
-            save_model(run_dir / "model.safetensors", best, meta)
+        if ddp.main:  # the model file is rewritten with it below, after the test evaluation
             print(f"temperature {temperature:.3f} (fitted on validation)")
 
     # ... and on the test split, which nothing above has looked at.
@@ -270,12 +269,13 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
         skipped = [{"path": p, "reason": r} for p, r in _read_skipped_rows(run_dir)]
         context = {"model": str(run_dir / "model.safetensors"), "data": str(cfg.data),
                    "format": records.format, "split": "test",
-                   "split_description": _TEST_SPLIT.format(seed=cfg.split.seed),
+                   "split_description": TEST_SPLIT.format(seed=cfg.split.seed),
                    "skipped": skipped}  # fmt: skip
         test = write_report(run_dir / "test", scored, meta, context,
                             training_curves=run_dir / "curves.png")  # fmt: skip
         auc = test["auroc"]
-        # The model file remembers how it did on test, for the model card (weights unchanged).
+        # The model file remembers how it did on test, for the model card (weights unchanged),
+        # and the temperature and thresholds when --calibrate refitted them.
         meta["evaluation"] = {"split": "test", "images": test["images"],
                               "positives": test["positives"], "auroc": auc["value"],
                               "auroc_ci95": auc.get("ci95")}  # fmt: skip

@@ -34,7 +34,8 @@ from .report import write_report
 log = logging.getLogger(__name__)
 
 SPLIT_CHOICES = ("test", "val", "all")
-_TEST_SPLIT = (
+#: What the test split is, in the words every report uses.
+TEST_SPLIT = (
     "test split: patients held out from training, model selection and threshold choice "
     "(patient-wise stratified split, seed {seed})"
 )
@@ -224,7 +225,7 @@ def select_records(
         description = ("validation split: used for early stopping and to choose the threshold, "
                        "so these numbers are optimistic")  # fmt: skip
     else:
-        description = _TEST_SPLIT.format(seed=split_config.seed)
+        description = TEST_SPLIT.format(seed=split_config.seed)
     if not same:
         description += ("; this data is not the model's training data, so its split was drawn "
                         "afresh with the model's seed (--split all scores all of it)")  # fmt: skip

@@ -125,6 +125,69 @@ def _int8_session(onnx_path: Path, films: np.ndarray, workdir: Path):
     return ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
 
 
+def training_rows(size: int, flops: float, peak: float) -> list[str]:
+    """Training steps (forward, backward, AdamW) on phantom films: the full network and the top
+    blocks only (Mixed_6*, Mixed_7*: stage 2 of transfer learning), channels_last, fp32."""
+    films = torch.from_numpy(sample_films(32, size, seed=2)).float().div(255)[:, None]
+    labels = (torch.arange(32) % 2).float()
+    rows = []
+    for name, blocks in (("full network", "all"), ("top blocks only", ("Mixed_6", "Mixed_7"))):
+        model = build_model("inception_v3").to(memory_format=torch.channels_last)
+        model.set_trainable(blocks)
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+
+        def step(batch, model=model, optimizer=optimizer, loss_fn=loss_fn):
+            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(model(x), labels[: len(x)])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        for batch in (16, 32):
+            rates = _time(step, films[:batch].numpy())
+            row = _row(f"training, {name}", batch, rates, 3 * flops, peak)
+            if blocks != "all":  # the backward pass stops at the top blocks: no 3x count
+                row = row.rsplit("|", 2)[0] + "| n/a |"
+            rows.append(row)
+            print(rows[-1], flush=True)
+    return rows
+
+
+# The child's own high-water mark: ru_maxrss would include the parent's, inherited at fork.
+_HWM = ("print(next(int(line.split()[1]) for line in open('/proc/self/status') "
+        "if line.startswith('VmHWM')))")  # fmt: skip
+
+
+def memory_rows(data: Path | None, workdir: Path) -> list[str]:
+    """Peak resident memory of predict (batch 16) and of training steps (batch 32), each in a
+    fresh process so that nothing else counts."""
+    import subprocess
+
+    rows = []
+    if data is not None and (data / "images").is_dir():
+        code = ("from cardiomegaly.predict import Classifier, find_images; "
+                f"c = Classifier.load({str(workdir / 'model.safetensors')!r}, device='cpu'); "
+                f"list(c.predict_many(find_images([{str(data / 'images')!r}]), batch_size=16)); "
+                f"{_HWM}")  # fmt: skip
+        kb = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True).stdout.split()[-1])  # fmt: skip
+        rows.append(f"| peak RSS, predict on the NIH sample (batch 16) | 16 | {kb / 2**20:.2f} GB "
+                    "| one run | |")  # fmt: skip
+    code = ("import torch; from cardiomegaly.model import build_model; "
+            "m = build_model('inception_v3').train(); o = torch.optim.AdamW(m.parameters()); "
+            "x = torch.rand(32, 1, 299, 299)\n"
+            "for _ in range(2):\n"
+            "    o.zero_grad(); m(x).sum().backward(); o.step()\n"
+            f"{_HWM}")  # fmt: skip
+    kb = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.split()[-1])  # fmt: skip
+    rows.append(f"| peak RSS, training the full network (batch 32) | 32 | {kb / 2**20:.2f} GB "
+                "| one run | |")  # fmt: skip
+    return rows
+
+
 def predict_rows(data: Path, size: int, flops: float, peak: float, workdir: Path) -> list[str]:
     """`predict` on the real images: decode + preprocessing + model, and the model alone."""
     from cardiomegaly.predict import Classifier, find_images
@@ -171,6 +234,9 @@ def main() -> None:
         f"most {peak / flops:.1f} images/s in fp32. Median and range of {REPS} repetitions "
         "after 2 warm-up runs; random weights.",
         "",
+        "Full-network training rows count 3 x the forward FLOPs per image (forward and "
+        "backward); peak RSS is each process's VmHWM.",
+        "",
         "| what | batch | images/s (median) | range | of fp32 roofline |",
         "|---|---|---|---|---|",
     ]
@@ -180,6 +246,8 @@ def main() -> None:
             rows += predict_rows(args.data, args.size, flops, peak, Path(tmp))
         else:
             rows.append("| predict end to end | | skipped: no --data with an images/ folder | | |")
+        rows += training_rows(args.size, flops, peak)
+        rows += memory_rows(args.data, Path(tmp))
     text = "\n".join(header + rows) + "\n"
     args.out.write_text(text)
     print(text)

@@ -18,7 +18,7 @@ from makers import write_corrupt_images
 
 @pytest.fixture(scope="module")
 def clf(tiny_run):
-    return Classifier.load(tiny_run / "model.safetensors", device="cpu")
+    return Classifier.load(tiny_run / "model.safetensors", device="cpu", backend="torch")
 
 
 def test_heatmaps_have_the_input_shape_a_unit_range_and_no_nan(clf, tiny_phantoms):
@@ -69,7 +69,7 @@ def test_an_overlay_shows_the_probability_the_threshold_and_the_box():
 
 def test_grad_cam_refuses_an_onnx_classifier(tiny_onnx):
     with pytest.raises(UserError, match="PyTorch model file"):
-        heatmaps(Classifier.load(tiny_onnx.path), np.zeros((1, 75, 75), np.float32))
+        heatmaps(Classifier.load(tiny_onnx), np.zeros((1, 75, 75), np.float32))
 
 
 def test_explain_writes_overlays_and_scores_localisation_against_baselines(

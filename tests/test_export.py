@@ -12,27 +12,25 @@ import pandas as pd
 import pytest
 import torch
 
+from cardiomegaly import train
 from cardiomegaly.cli import main
 from cardiomegaly.data.phantom import sample_films
 from cardiomegaly.errors import UserError
 from cardiomegaly.export import export, read_onnx_metadata
-from cardiomegaly.model import load_model, read_metadata
+from cardiomegaly.model import load_model, read_metadata, save_model, sha256_of
 from cardiomegaly.predict import Classifier
+from makers import tiny_train_config
 
 export_module = importlib.import_module("cardiomegaly.export")  # the package re-exports export()
 
 
-@pytest.fixture
-def onnx_file(tiny_onnx):
-    return tiny_onnx
-
-
-def test_onnx_export_has_a_dynamic_batch_the_metadata_and_torchs_answers(onnx_file, tiny_run):
-    assert onnx_file.max_probability_difference <= 1e-4
-    proto = onnx.load(str(onnx_file.path))
+def test_training_writes_an_onnx_export_with_metadata_and_a_dynamic_batch(tiny_onnx, tiny_run):
+    proto = onnx.load(str(tiny_onnx))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
-    assert read_onnx_metadata(onnx_file.path) == read_metadata(tiny_run / "model.safetensors")
-    session = ort.InferenceSession(str(onnx_file.path), providers=["CPUExecutionProvider"])
+    meta = read_onnx_metadata(tiny_onnx)
+    assert meta.pop("exported_from") == {"sha256": sha256_of(tiny_run / "model.safetensors")}
+    assert meta == read_metadata(tiny_run / "model.safetensors")
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
     net, _ = load_model(tiny_run / "model.safetensors")
     for batch in (1, 5):
         x = torch.from_numpy(sample_films(batch, 75, seed=7)).float().div(255)[:, None]
@@ -41,10 +39,38 @@ def test_onnx_export_has_a_dynamic_batch_the_metadata_and_torchs_answers(onnx_fi
             assert np.allclose(got, net(x).numpy(), atol=1e-4)
 
 
-def test_the_onnx_backend_answers_as_the_torch_backend(onnx_file, tiny_run, tiny_phantoms,
+def test_the_default_backend_is_onnx_runtime_only_for_the_export_of_this_very_file(
+    tiny_run, tmp_path
+):
+    assert Classifier.load(tiny_run / "model.safetensors").backend == "onnx"
+    assert Classifier.load(tiny_run / "model.safetensors", backend="torch").backend == "torch"
+    # Retrained or edited since the export: the stale model.onnx must not answer for it.
+    model, onnx_copy = tmp_path / "model.safetensors", tmp_path / "model.onnx"
+    onnx_copy.write_bytes((tiny_run / "model.onnx").read_bytes())
+    net, meta = load_model(tiny_run / "model.safetensors")
+    save_model(model, net, {**meta, "threshold": {**meta["threshold"], "value": 0.123}})
+    clf = Classifier.load(model)
+    assert clf.backend == "torch" and clf.threshold == 0.123
+
+
+def test_a_failed_export_at_the_end_of_training_leaves_a_usable_run(
+    tiny_phantoms, tmp_path, monkeypatch, capsys
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(export_module, "export", broken)
+    config = tiny_train_config(tiny_phantoms, epochs=1, export_onnx=True)
+    run = train(config, out=tmp_path / "run")
+    assert "exporter crashed" in capsys.readouterr().out
+    assert not (run.run_dir / "model.onnx").exists()
+    assert Classifier.load(run.run_dir / "model.safetensors").backend == "torch"
+
+
+def test_the_onnx_backend_answers_as_the_torch_backend(tiny_onnx, tiny_run, tiny_phantoms,
                                                         tmp_path):  # fmt: skip
-    onnx_clf = Classifier.load(onnx_file.path)
-    torch_clf = Classifier.load(tiny_run / "model.safetensors")
+    onnx_clf = Classifier.load(tiny_onnx)
+    torch_clf = Classifier.load(tiny_run / "model.safetensors", backend="torch")
     assert onnx_clf.backend == "onnx" and onnx_clf.threshold == torch_clf.threshold
     paths = sorted(str(p) for p in (tiny_phantoms / "images").glob("*.png"))
     a = [p.probability for p in onnx_clf.predict(paths)]
@@ -63,7 +89,8 @@ def test_predict_backend_onnx_finds_the_export_beside_the_model(tiny_run, tiny_p
     assert "parity" in capsys.readouterr().out and (tmp_path / "model.onnx").is_file()
     assert main(["predict", str(model), images, "--backend", "onnx",
                  "--out", str(tmp_path / "onnx.csv")]) == 0  # fmt: skip
-    assert main(["predict", str(model), images, "--out", str(tmp_path / "torch.csv")]) == 0
+    assert main(["predict", str(model), images, "--backend", "torch",
+                 "--out", str(tmp_path / "torch.csv")]) == 0  # fmt: skip
     a, b = pd.read_csv(tmp_path / "onnx.csv"), pd.read_csv(tmp_path / "torch.csv")
     assert list(a["path"]) == list(b["path"])
     assert (a["probability"] - b["probability"]).abs().max() <= 1e-4
@@ -74,7 +101,9 @@ def test_torchscript_export_carries_the_metadata(tiny_run, tmp_path):
     assert result.max_probability_difference <= 1e-4
     files = {"cardiomegaly.json": ""}
     loaded = torch.jit.load(str(result.path), _extra_files=files)
-    assert json.loads(files["cardiomegaly.json"]) == read_metadata(tiny_run / "model.safetensors")
+    meta = json.loads(files["cardiomegaly.json"])
+    assert meta.pop("exported_from") == {"sha256": sha256_of(tiny_run / "model.safetensors")}
+    assert meta == read_metadata(tiny_run / "model.safetensors")
     x = torch.from_numpy(sample_films(3, 75)).float().div(255)[:, None]
     net, _ = load_model(tiny_run / "model.safetensors")
     with torch.no_grad():
@@ -101,7 +130,7 @@ def test_int8_is_kept_only_when_validation_auroc_holds(tiny_run, tiny_onnx, tiny
     assert int8_acceptable(0.90, 0.905) and int8_acceptable(0.90, 0.895)
     assert not int8_acceptable(0.90, 0.906) and not int8_acceptable(0.90, 0.894)
 
-    fp32 = tiny_onnx.path
+    fp32 = tiny_onnx
     monkeypatch.setattr(export_module, "INT8_MAX_AUROC_CHANGE", 1.0)  # keep whatever it scores
     kept = quantize_int8(tiny_run / "model.safetensors", fp32, tiny_phantoms,
                          tmp_path / "model.int8.onnx", calibration=8)  # fmt: skip

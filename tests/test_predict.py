@@ -14,9 +14,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cardiomegaly import predict as predict_module
 from cardiomegaly.cli import main
-from cardiomegaly.errors import ImageError
-from cardiomegaly.predict import Classifier, Prediction, find_images
+from cardiomegaly.errors import ImageError, UserError
+from cardiomegaly.predict import (
+    Classifier,
+    Prediction,
+    autocast,
+    cpu_threads,
+    find_images,
+    select_device,
+)
 from makers import write_corrupt_images, write_png
 
 
@@ -144,3 +152,38 @@ def test_torchrun_shards_the_inputs_and_merges_them_in_input_order(tiny_run, tin
     assert list(one["path"]) == list(two["path"])
     assert np.allclose(one["probability"], two["probability"], atol=1e-5)
     assert result.stdout.count("scored ") == 1
+
+
+# ------------------------------------------------------------------- devices and threads
+
+
+def test_the_cpu_runs_in_full_precision_and_cuda_is_refused_where_there_is_none():
+    import torch
+
+    device = select_device("cpu")
+    assert device.type == "cpu"
+    with autocast(device):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        assert not torch.is_autocast_enabled("cpu")
+    if not torch.cuda.is_available():
+        assert select_device("auto").type == "cpu"
+        with pytest.raises(UserError, match="no CUDA device"):
+            select_device("cuda")
+
+
+def test_threads_follow_the_container_cpu_quota(tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # docker run --cpus 0.5
+    assert cpu_threads(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_threads(tmp_path) == len(os.sched_getaffinity(0))
+    assert cpu_threads(tmp_path / "no-cgroup") == len(os.sched_getaffinity(0))
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(predict_module, "cpu_threads", lambda: 1)
+    try:
+        select_device("cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

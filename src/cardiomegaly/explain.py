@@ -205,7 +205,7 @@ def explain(
 
     meta = read_metadata(model)
     _, table, description = select_records(model, meta, data, split)
-    clf = Classifier.load(model, device=device)
+    clf = Classifier.load(model, device=device, backend="torch")  # Grad-CAM needs gradients
     folder = fresh_folder(out if out else next_run_folder(Path("runs") / "explain", "exp"))
     size = clf.image_size
     layer = layer or cam_layer(clf)

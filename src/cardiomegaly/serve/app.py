@@ -11,7 +11,9 @@ import email.parser
 import email.policy
 import io
 import logging
+import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,16 @@ def create_app(
     card = model_card(clf.meta, Path(model).name)
     max_bytes = int(max_upload_mb * 2**20)
     state: dict[str, Any] = {}
+    torch_lock = threading.Lock()
+
+    def torch_classifier() -> Classifier:
+        """Grad-CAM needs PyTorch's gradients: loaded on the first ?cam=true when the answers
+        come from ONNX Runtime."""
+        with torch_lock:
+            if "torch" not in state:
+                state["torch"] = clf if clf.backend == "torch" else Classifier.load(
+                    model, device=device, backend="torch")  # fmt: skip
+        return state["torch"]
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -92,7 +104,12 @@ def create_app(
         try:
             with anyio.fail_after(timeout_s):
                 result = await anyio.to_thread.run_sync(
-                    _infer, clf, data, cam, limiter=state["limiter"], abandon_on_cancel=True
+                    _infer,
+                    clf,
+                    data,
+                    torch_classifier if cam else None,
+                    limiter=state["limiter"],
+                    abandon_on_cancel=True,
                 )
         except ImageError as exc:
             raise HTTPException(422, str(exc)) from None
@@ -114,15 +131,17 @@ def create_app(
     return app
 
 
-def _infer(clf: Classifier, data: bytes, cam: bool) -> tuple[Prediction, str | None]:
+def _infer(
+    clf: Classifier, data: bytes, cam: Callable[[], Classifier] | None
+) -> tuple[Prediction, str | None]:
     image = clf.preprocess(data)
     p = float(clf.probabilities(image[None])[0])
     prediction = Prediction(None, p, int(p >= clf.threshold), clf.threshold)
-    if not cam:
+    if cam is None:
         return prediction, None
     from ..explain import heatmaps, overlay
 
-    picture = overlay(image, heatmaps(clf, image[None])[0], prediction)
+    picture = overlay(image, heatmaps(cam(), image[None])[0], prediction)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return prediction, base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -17,6 +17,10 @@ test: $(BIN)/cardiomegaly chromium
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
 
+# Property-based fuzzing of the image loader and the label-table readers (a few minutes).
+fuzz: $(BIN)/cardiomegaly
+	$(BIN)/python -m pytest -m fuzz -q
+
 # The browser tests use Debian's Chromium. As root (CI) install it when missing; otherwise,
 # or when apt cannot, those tests skip and say why.
 chromium:
@@ -27,10 +31,16 @@ chromium:
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1)) || \
 	    echo "chromium not installed: the browser tests will be skipped"; }
 
-# Speed benchmarks (not tests): writes benchmarks/RESULTS.md. The NIH sample, where present,
-# adds predict end to end on real JPEGs.
+# Speed benchmarks (not tests; about 25 minutes on 2 cores): writes benchmarks/RESULTS.md. The
+# NIH sample, where present, adds predict and epochs on real JPEGs; MODEL=a model trained on it
+# adds int8's validation AUROC. TensorFlow (the seed's Keras, for comparison) is installed when
+# pip can; otherwise those rows say why they were skipped.
+DATA ?= ../shared/data/nih-cxr-cardiomegaly
 bench: $(BIN)/cardiomegaly
-	$(BIN)/python benchmarks/bench.py --data ../shared/data/nih-cxr-cardiomegaly
+	@$(BIN)/python -c "import tensorflow" 2>/dev/null || \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench-keras]' || \
+	  echo "TensorFlow not installed: the Keras rows will be skipped"
+	$(BIN)/python benchmarks/bench.py --data $(DATA) $(if $(MODEL),--model $(MODEL))
 
 lint: $(BIN)/cardiomegaly
 	$(BIN)/ruff check src tests

@@ -1,10 +1,12 @@
-"""The one place that makes synthetic test inputs: images, DICOM files, dataset CSVs.
+"""The one place that makes synthetic test inputs: images, DICOM files, dataset CSVs; and the
+one check every bad-input test shares (``one_line_error``).
 
 Everything is small (tens of pixels, a handful of rows) and written under a pytest tmp_path.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -21,6 +23,15 @@ IDENTIFIERS = {
     "AccessionNumber": "ACC-99812-SECRET",
     "InstitutionName": "St Example Secret Hospital",
 }
+
+
+def one_line_error(err: str, *words: str) -> None:
+    """Exactly one line on stderr besides progress bars, naming what is wrong; no traceback."""
+    lines = [ln for ln in re.split(r"[\r\n]", err) if ln.strip() and not re.search(r"\d+%\|", ln)]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], lines[0]
 
 
 def gradient(h: int = 40, w: int = 48) -> np.ndarray:
@@ -63,19 +74,15 @@ def write_jpeg(path: Path, mode: str = "L", h: int = 40, w: int = 48) -> Path:
 
 def write_png_header_only(path: Path, width: int, height: int) -> Path:
     """A PNG whose IHDR claims width x height pixels, with almost no data behind it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    data = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    data = (_png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + _png_chunk(b"IEND", b""))  # fmt: skip
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
     return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def write_dicom(
@@ -266,7 +273,8 @@ def write_mimic(root: Path, images: list[dict], studies: list[dict], split: bool
 
 
 def tiny_train_config(data: Path, **overrides):
-    """Two epochs at 75 px on a handful of images: a real run in seconds, not a good model."""
+    """Two epochs at 75 px on a handful of images: a real run in seconds, not a good model.
+    No ONNX export (20 s) unless asked: the session's ``tiny_run`` has one."""
     from cardiomegaly import TrainConfig
 
     values = dict(
@@ -277,6 +285,7 @@ def tiny_train_config(data: Path, **overrides):
         batch_size=8,
         augment={"rotation": 5},
         split={"train": 0.5, "val": 0.25, "test": 0.25},
+        export_onnx=False,
     )
     values.update(overrides)
     return TrainConfig.from_preset(None, **values)
@@ -306,3 +315,77 @@ def write_corrupt_images(folder: Path) -> list[Path]:
     truncated.write_bytes(full[: len(full) // 3])
     (folder / "full.tmp.jpg").unlink()
     return [garbage, empty, truncated]
+
+
+# ------------------------------------------------------------------------- the bad-input corpus
+
+
+def write_png_rgba16(path: Path, h: int = 40, w: int = 48) -> Path:
+    """A 16-bit RGBA PNG (colour type 6, depth 16), encoded by hand: Pillow cannot write one."""
+    ramp = (gradient(h, w) * 65535).round().astype(">u2")
+    pixels = np.stack([ramp, ramp, ramp, np.full_like(ramp, 65535)], axis=-1)
+    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 6, 0, 0, 0)
+    chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(raw)), (b"IEND", b"")]
+    data = b"\x89PNG\r\n\x1a\n" + b"".join(_png_chunk(*chunk) for chunk in chunks)
+    path.write_bytes(data)
+    return path
+
+
+def write_png_bad_crc(path: Path) -> Path:
+    """A PNG whose image-data chunk fails its CRC."""
+    data = bytearray(write_png(path).read_bytes())
+    at = data.index(b"IDAT")
+    length = struct.unpack(">I", data[at - 4 : at])[0]
+    data[at + 4 + length] ^= 0xFF  # the first byte of IDAT's CRC
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write_jpeg_broken_huffman(path: Path) -> Path:
+    """A JPEG whose Huffman tables (DHT segments) are overwritten with nonsense."""
+    data = bytearray(write_jpeg(path, h=64, w=64).read_bytes())
+    at = 0
+    while (at := data.find(b"\xff\xc4", at + 1)) != -1:
+        length = struct.unpack(">H", data[at + 2 : at + 4])[0]
+        data[at + 5 : at + 2 + length] = b"\xff" * (length - 3)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write_dicom_wrong_syntax(path: Path) -> Path:
+    """Raw pixel data in a file whose header declares RLE Lossless (compressed) encoding: the
+    UIDs have the same length, so only the declaration changes."""
+    data = write_dicom(path).read_bytes()
+    path.write_bytes(data.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.5\0", 1))
+    return path
+
+
+def write_dicom_truncated(path: Path) -> Path:
+    """A DICOM whose pixel data stops halfway (the file was cut off in transfer)."""
+    data = write_dicom(path).read_bytes()
+    path.write_bytes(data[: len(data) - 32 * 40])
+    return path
+
+
+#: name -> writer(path) for files a batch job must report and skip (the first entries) or read.
+BAD_IMAGES = {
+    "empty.png": lambda p: p.write_bytes(b""),
+    "garbage.png": lambda p: p.write_bytes(np.random.default_rng(0).bytes(2000)),
+    "text.jpg": lambda p: p.write_text("a radiology report, not a film\n" * 20),
+    "truncated.jpg": lambda p: p.write_bytes(write_jpeg(p, h=200, w=200).read_bytes()[:900]),
+    "huffman.jpg": write_jpeg_broken_huffman,
+    "crc.png": write_png_bad_crc,
+    "one-pixel.png": lambda p: write_png(p, h=1, w=1),
+    "strip.png": lambda p: write_png(p, h=50, w=20_000),
+    "bomb.png": lambda p: write_png_header_only(p, 100_000, 100_000),
+    "loop.png": lambda p: p.symlink_to(p),
+    "dangling.png": lambda p: p.symlink_to(p.with_name("gone.png")),
+    "no-pixels.dcm": lambda p: write_dicom(p, with_pixels=False),
+    "wrong-syntax.dcm": write_dicom_wrong_syntax,
+    "truncated.dcm": write_dicom_truncated,
+    "multiframe.dcm": lambda p: write_dicom(p, frames=3),
+    # Not bad, only unusual: these are read.
+    "rgba16.png": write_png_rgba16,
+    "no-preamble.dcm": lambda p: write_dicom(p, preamble=False),
+}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,22 +10,13 @@ import pandas as pd
 import pytest
 
 from cardiomegaly.cli import main
-from makers import write_jpeg, write_png_header_only
+from makers import one_line_error, write_jpeg, write_png_header_only
 
 
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _one_line_error(err: str, *words: str) -> None:
-    """Exactly one line besides progress bars, naming what is wrong."""
-    lines = [ln for ln in re.split(r"[\r\n]", err) if ln.strip() and not re.search(r"\d+%\|", ln)]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0]
 
 
 def test_synth_then_data_reports_the_phantoms(tmp_path, capsys):
@@ -46,7 +36,7 @@ def test_synth_never_writes_into_a_folder_that_has_files(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
     code, _, err = run(capsys, "synth", tmp_path, "--n", 2, "--size", 80)
     assert code == 2
-    _one_line_error(err, str(tmp_path), "not empty")
+    one_line_error(err, str(tmp_path), "not empty")
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
@@ -64,13 +54,13 @@ def test_bad_arguments_get_one_line_and_status_2(tmp_path, capsys, argv, words):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
-    _one_line_error(capsys.readouterr().err, *words)
+    one_line_error(capsys.readouterr().err, *words)
 
 
 def test_data_folder_that_does_not_exist(tmp_path, capsys):
     code, _, err = run(capsys, "data", tmp_path / "absent")
     assert code == 2
-    _one_line_error(err, str(tmp_path / "absent"), "no such file or folder")
+    one_line_error(err, str(tmp_path / "absent"), "no such file or folder")
 
 
 def test_data_without_positives_cannot_be_trained_on(tmp_path, capsys):
@@ -79,7 +69,7 @@ def test_data_without_positives_cannot_be_trained_on(tmp_path, capsys):
     code, out, err = run(capsys, "data", tmp_path)
     assert code == 2
     assert "negatives   3" in out
-    _one_line_error(err, "cannot be trained on", "no positive")
+    one_line_error(err, "cannot be trained on", "no positive")
 
 
 def test_unreadable_files_are_listed_with_reasons_and_the_rest_counted(tmp_path, capsys):
@@ -110,16 +100,16 @@ def test_python_dash_m_and_console_script_both_run():
         assert "cardiomegaly" in result.stdout
 
 
-def test_demo_writes_phantoms_summary_and_split(tmp_path, capsys):
-    code, out, _ = run(capsys, "demo", "--out", tmp_path / "d", "--n", 8, "--size", 80)
+def test_demo_runs_the_whole_flow_and_ends_with_the_paths_to_look_at(tmp_path, capsys):
+    code, out, _ = run(capsys, "demo", "--out", tmp_path / "d", "--n", 40, "--size", 96,
+                       "--epochs", 1, "--image-size", 75)  # fmt: skip
     assert code == 0
-    assert (tmp_path / "d" / "phantoms" / "contact_sheet.png").is_file()
-    assert "images      8" in out and f"demo folder {tmp_path / 'd'}" in out
-    saved = tmp_path / "d" / "splits.csv"
-    code, again, _ = run(capsys, "data", tmp_path / "d" / "phantoms", "--split-file", saved)
-    assert code == 0
-
-    def split_rows(text):
-        return [ln for ln in text.splitlines() if ln.lstrip().startswith(("train", "val", "test"))]
-
-    assert len(split_rows(out)) == 3 and split_rows(again) == split_rows(out)
+    ending = out.split("Look at:")[1]
+    shown = {line.split()[0]: Path(line.split()[-1]) for line in ending.strip().splitlines()}
+    assert set(shown) == {"report", "curves", "overlays", "contact", "predictions"}
+    for path in shown.values():
+        assert path.exists(), path
+    assert len(list(shown["overlays"].glob("*.png"))) == 3
+    predictions = pd.read_csv(shown["predictions"])
+    assert len(predictions) == 3 and predictions["probability"].notna().all()
+    assert "$ cardiomegaly train --preset demo" in out  # each step shows its command

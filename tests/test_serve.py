@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import logging
 import socket
@@ -130,18 +131,7 @@ def _free_port() -> int:
 
 
 def test_a_real_browser_uploads_a_film_and_sees_the_answer(tiny_run, film, browser, tmp_path):
-    import uvicorn
-
-    port = _free_port()
-    app = create_app(tiny_run / "model.safetensors")
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.1)
+    with _serving(create_app(tiny_run / "model.safetensors")) as port:
         page = browser.new_page(viewport={"width": 1000, "height": 1100})
         page.goto(f"http://127.0.0.1:{port}/")
         assert page.locator(".banner").inner_text().startswith("Research use only")
@@ -159,6 +149,34 @@ def test_a_real_browser_uploads_a_film_and_sees_the_answer(tiny_run, film, brows
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         assert (tmp_path / "page.png").stat().st_size > 20_000
         page.close()
+
+
+@contextlib.contextmanager
+def _serving(app):
+    """The app behind a real uvicorn on a free local port, for clients that need a socket."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.1)
+        yield port
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_huge_header_is_refused_by_the_server_and_it_keeps_serving(tiny_run, film):
+    import httpx
+
+    with _serving(create_app(tiny_run / "model.safetensors")) as port:
+        url = f"http://127.0.0.1:{port}"
+        response = httpx.get(f"{url}/health", headers={"X-Huge": "a" * 200_000}, timeout=10)
+        assert response.status_code in (400, 431)
+        answer = httpx.post(f"{url}/v1/predict", files=_upload(film), timeout=60)
+        assert answer.status_code == 200 and 0 <= answer.json()["probability"] <= 1

@@ -177,6 +177,7 @@ class TrainConfig:
     balanced_sampler: bool = False  # instead of the positive class weight in the loss
     threshold_rule: str = "youden"
     calibrate: bool = False  # temperature scaling fitted on validation, stored in the model file
+    export_onnx: bool = True  # model.onnx beside the model file: predict's fast CPU path
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     workers: int = 0
@@ -280,7 +281,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"{path}: not a readable YAML file ({first})") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: is empty; give a YAML mapping of keys to values")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of keys to values")
     return data

@@ -389,7 +389,25 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     for key in ("architecture", "preprocessing", "threshold"):
         if key not in meta:
             raise UserError(f"{path}: model metadata lacks '{key}' (file edited?)")
+    _check_metadata(path, meta)
     return meta
+
+
+def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """The fields every consumer relies on have the types and ranges training writes."""
+    from .config import PreprocessConfig
+
+    try:
+        if meta["architecture"]["name"] not in ARCHS:
+            raise ValueError(f"unknown architecture {meta['architecture']['name']!r}")
+        pre = meta["preprocessing"]
+        if not isinstance(pre["image_size"], int):
+            raise ValueError(f"image_size {pre['image_size']!r} is not a whole number")
+        PreprocessConfig(pre["image_size"], pre["resize"])
+        if not 0 <= float(meta["threshold"]["value"]) <= 1:
+            raise ValueError(f"threshold {meta['threshold']['value']} is not in [0, 1]")
+    except (KeyError, TypeError, ValueError, UserError) as exc:
+        raise UserError(f"{path}: model metadata is not valid ({exc}; file edited?)") from None
 
 
 def is_model_file(path: str | Path) -> bool:

@@ -44,7 +44,6 @@ from .predict import autocast, probabilities, score_dataset, select_device, to_d
 log = logging.getLogger(__name__)
 
 AUX_WEIGHT = 0.4  # InceptionV3's auxiliary loss weight (Szegedy et al. 2016)
-MIN_FREE_BYTES = 200 * 2**20
 
 
 @dataclass
@@ -82,8 +81,8 @@ def train(
         raise UserError("give a TrainConfig, or resume= a run folder")
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "last.pt").is_file():
-            raise UserError(f"{run_dir}: no last.pt to resume from")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir}: no config.yaml, so no run to resume; start a new one")
         cfg = from_dict(TrainConfig, load_yaml(run_dir / "config.yaml"))
     ddp = _setup_distributed(cfg.device)
     try:
@@ -105,17 +104,23 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
     weights_info = load_weights(model, cfg.weights) if not resume else {}
     if ddp.main and not resume:
         _check_writable(run_dir)
+        # The model file, last.pt (weights and two Adam moments), model.onnx, and reports.
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        _check_space(run_dir, 5 * weights + 50 * 2**20, "this run")
         save_yaml(cfg, run_dir / "config.yaml")
 
     # Data: records, patient-wise split (kept with the run), cache warmed once by rank 0.
     records = load_records(cfg.data, cfg.data_config)
-    if resume:
+    if resume and (run_dir / "splits.csv").is_file():
         cfg.split.split_file = str(run_dir / "splits.csv")
     split = patient_split(records, cfg.split)
     cache = ImageCache(cfg.image_size, cfg.resize, root=cfg.cache_dir)
     if ddp.main:
         save_splits(records, split, run_dir / "splits.csv")
-        bad = cache.warm(list(records.table["path"]))
+        paths = list(records.table["path"])
+        _check_space(cache.folder, cache.bytes_needed(paths), "the preprocessing cache "
+                     "(--cache-dir chooses another place)")  # fmt: skip
+        bad = cache.warm(paths)
         for _path, reason in bad:
             print(f"skipped     {reason}")
         _write_skipped(run_dir, bad)
@@ -159,8 +164,8 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
 
     state: dict[str, Any] = {"epoch": 0, "best_auroc": -1.0, "best_epoch": -1, "bad_epochs": 0,
                              "history": [], "weights": weights_info}  # fmt: skip
-    if resume:
-        saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    if resume and (run_dir / "last.pt").is_file():  # without it, killed in epoch 1: start over
+        saved = _load_last(run_dir / "last.pt")
         model.net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -287,10 +292,31 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
             f"{_fmt(primary['specificity']['value'])} at threshold {primary['threshold']:.3f} "
             f"(chosen on validation)  ({test['images']} images, {test['positives']} positive)"
         )
+        if cfg.export_onnx:
+            _export_onnx(run_dir / "model.safetensors")
     return TrainResult(run_dir, state["best_epoch"], state["best_auroc"], test)
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+
+def _export_onnx(model_file: Path) -> None:
+    """model.onnx beside the model file, which predict runs on ONNX Runtime on a CPU. A failed
+    export costs speed, not the run: say so and go on."""
+    from .export import export
+
+    onnx_path = model_file.with_suffix(".onnx")
+    onnx_path.unlink(missing_ok=True)  # an export of an earlier model file in this run
+    try:
+        result = export(model_file, "onnx", onnx_path)
+    except Exception as exc:
+        log.warning("ONNX export failed (%s); predict will use PyTorch", exc)
+        print(f"no model.onnx: the export failed ({exc}); predict will use PyTorch")
+        return
+    print(
+        f"exported    {result.path} (max probability difference to PyTorch "
+        f"{result.max_probability_difference:.1e})"
+    )
 
 
 def _setup_distributed(device: str) -> _Dist:
@@ -338,10 +364,16 @@ def _check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc})") from None
-    free = shutil.disk_usage(run_dir).free
-    if free < MIN_FREE_BYTES:
-        raise UserError(f"{run_dir}: only {free // 2**20} MiB free; a run needs about 200 MiB")
     print(f"run folder {run_dir}")
+
+
+def _check_space(folder: Path, needed: int, what: str) -> None:
+    """Fail now when the disk cannot hold what the run will write, not after an hour."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise UserError(f"{folder}: {free / 2**20:.0f} MiB free, but {what} needs about "
+                        f"{needed / 2**20:.0f} MiB; free some space first")  # fmt: skip
 
 
 def _write_skipped(run_dir: Path, bad: list[tuple[str, str]]) -> None:
@@ -387,7 +419,8 @@ def _train_loader(cfg: TrainConfig, ds: XrayDataset, ddp: _Dist, epoch: int) -> 
     else:
         sampler = torch.utils.data.RandomSampler(ds, generator=generator)
     return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                      generator=generator, drop_last=len(ds) > cfg.batch_size)  # fmt: skip
+                      generator=generator, drop_last=len(ds) > cfg.batch_size,
+                      pin_memory=ddp.device.type == "cuda")  # fmt: skip
 
 
 def _gather(ddp: _Dist, *tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -461,6 +494,17 @@ def _save_last(path: Path, model, optimizer, scheduler, state) -> None:
                "scheduler": scheduler.state_dict(), "state": state}  # fmt: skip
     with atomic_open(path, "wb") as f:
         torch.save(payload, f)
+
+
+def _load_last(path: Path) -> dict[str, Any]:
+    """last.pt, unpickling nothing but tensors and plain containers (``weights_only``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"{path}: not a checkpoint this tool wrote; refused ({reason[:120]})"
+        ) from None
 
 
 def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:

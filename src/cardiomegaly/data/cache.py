@@ -12,6 +12,7 @@ served. Later epochs and later runs load a small ``.npy`` instead of decoding th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -76,6 +77,18 @@ class ImageCache:
         except OSError as exc:  # a full or read-only cache slows us down but breaks nothing
             log.warning("cannot write cache entry %s (%s)", entry, exc)
         return to_float(stored)  # the stored values, so a hit and a miss return the same
+
+    def bytes_needed(self, paths: Sequence[str | Path]) -> int:
+        """Disk space the entries missing for ``paths`` will take (16-bit, the larger kind).
+
+        >>> ImageCache(299, root="/tmp/c").bytes_needed([])
+        0
+        """
+        missing = 0
+        for p in paths:
+            with contextlib.suppress(OSError):  # a missing image: warm() reports it
+                missing += not self._entry(Path(p)).exists()
+        return missing * (self.size * self.size * 2 + 128)
 
     def warm(
         self, paths: Sequence[str | Path], workers: int | None = None, progress: bool = True

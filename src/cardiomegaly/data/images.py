@@ -32,6 +32,11 @@ MAX_PIXELS = 64_000_000
 # Pillow warns from 89 MP and raises from twice that; our own limit above is checked first.
 Image.MAX_IMAGE_PIXELS = 2 * MAX_PIXELS
 
+#: Shapes no radiograph has: refused before decoding, since padding a 20,000 x 50 strip to a
+#: square would take gigabytes and give the model nothing to see.
+MIN_SIDE = 16
+MAX_ASPECT = 5.0
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -132,6 +137,11 @@ def _load_pil(
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             im = Image.open(src)
+            if im.format == "PNG":  # chunk checksums: damaged bytes are refused, not decoded
+                im.verify()
+                if hasattr(src, "seek"):
+                    src.seek(0)
+                im = Image.open(src)
         except Image.UnidentifiedImageError:
             raise ImageError(f"{label}: not a PNG, JPEG or DICOM image") from None
     with im:
@@ -141,6 +151,7 @@ def _load_pil(
                 f"{label}: image header claims {width:,} x {height:,} pixels, over the limit of "
                 f"{max_pixels:,}; refused as a possible decompression bomb"
             )
+        _check_shape(label, width, height)
         if getattr(im, "n_frames", 1) > 1 and im.format != "PNG":
             raise ImageError(f"{label}: has {im.n_frames} frames; give a single-frame image")
         if target_size is not None and im.format == "JPEG":
@@ -158,6 +169,15 @@ def _load_pil(
         photometric=mode,
     )
     return arr, meta
+
+
+def _check_shape(label: str, width: int, height: int) -> None:
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"{label}: image is {width} x {height} pixels; a radiograph has at "
+                         f"least {MIN_SIDE} on each side")  # fmt: skip
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageError(f"{label}: image is {width} x {height} pixels, longer than "
+                         f"{MAX_ASPECT:g}:1; that is no chest film")  # fmt: skip
 
 
 def _draft_request(width: int, height: int, size: int, resize: str) -> tuple[int, int]:
@@ -219,10 +239,13 @@ def _load_dicom(
             f"{label}: DICOM header claims {cols:,} x {rows:,} pixels, over the limit of "
             f"{max_pixels:,}; refused"
         )
+    _check_shape(label, cols, rows)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     syntax = ds.file_meta.get("TransferSyntaxUID", "") if hasattr(ds, "file_meta") else ""
     try:
-        arr = ds.pixel_array
+        with warnings.catch_warnings():  # pydicom's doubts about this file: the error says it
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         name = getattr(syntax, "name", str(syntax)) or "unknown transfer syntax"

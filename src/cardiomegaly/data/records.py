@@ -165,7 +165,11 @@ def detect_format(path: Path) -> str:
 def _read_header(path: Path) -> set[str]:
     try:
         return set(pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: CSV file is empty") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
+    except (OSError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: not a readable CSV ({_first_line(exc)})") from None
 
 

@@ -25,13 +25,16 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: CSV file not found")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: CSV file is empty") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
     except (OSError, EOFError, pd.errors.ParserError) as exc:  # .csv.gz is read too
         raise DataError(f"{path}: not a readable CSV ({_first_line(exc)})") from None
+    if df.empty:
+        raise DataError(f"{path}: has a header but no rows")
+    return df
 
 
 def _require(df: pd.DataFrame, columns: list[str], path: Path, hint: str = "") -> None:

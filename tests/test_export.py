@@ -142,3 +142,18 @@ def test_int8_is_kept_only_when_validation_auroc_holds(tiny_run, tiny_onnx, tiny
     a = np.array([p.probability for p in int8.predict(paths)])
     b = np.array([p.probability for p in Classifier.load(fp32).predict(paths)])
     assert np.abs(a - b).max() < 0.1  # int8 approximates fp32; it does not reproduce it
+
+
+def test_exporting_again_checks_the_export_training_wrote_and_keeps_it(tiny_run, tmp_path):
+    model, onnx_copy = tmp_path / "model.safetensors", tmp_path / "model.onnx"
+    model.write_bytes((tiny_run / "model.safetensors").read_bytes())
+    onnx_copy.write_bytes((tiny_run / "model.onnx").read_bytes())
+    before = onnx_copy.stat().st_mtime_ns
+    result = export(model, "onnx")
+    assert result.path == onnx_copy and result.max_probability_difference <= 1e-4
+    assert onnx_copy.stat().st_mtime_ns == before
+    net, meta = load_model(model)  # the model changes: that export no longer answers for it
+    model.unlink()
+    save_model(model, net, {**meta, "threshold": {**meta["threshold"], "value": 0.2}})
+    with pytest.raises(UserError, match="exists"):
+        export(model, "onnx")

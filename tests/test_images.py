@@ -65,7 +65,7 @@ def test_dicom_monochrome2_and_monochrome1_display_the_same_way(tmp_path):
 
 def test_dicom_rescale_then_window(tmp_path):
     # Stored 0..1000, rescaled to -1000..1000; window centre 0 width 1000 keeps -500..500.
-    stored = np.tile(np.linspace(0, 1000, 41), (8, 1)).round()
+    stored = np.tile(np.linspace(0, 1000, 41), (16, 1)).round()
     arr, _ = load_image(
         write_dicom(tmp_path / "w.dcm", stored, slope=2.0, intercept=-1000, window=(0, 1000))
     )
@@ -76,7 +76,7 @@ def test_dicom_rescale_then_window(tmp_path):
 
 
 def test_dicom_without_window_uses_its_own_range(tmp_path):
-    stored = np.tile(np.linspace(100, 900, 41), (8, 1)).round()
+    stored = np.tile(np.linspace(100, 900, 41), (16, 1)).round()
     arr, _ = load_image(write_dicom(tmp_path / "n.dcm", stored, bits=12))
     assert arr.min() == 0.0 and arr.max() == 1.0
 

@@ -176,7 +176,12 @@ def test_a_huge_header_is_refused_by_the_server_and_it_keeps_serving(tiny_run, f
 
     with _serving(create_app(tiny_run / "model.safetensors")) as port:
         url = f"http://127.0.0.1:{port}"
-        response = httpx.get(f"{url}/health", headers={"X-Huge": "a" * 200_000}, timeout=10)
-        assert response.status_code in (400, 431)
+        # uvicorn (h11) stops reading past 16 KB of headers: a 4xx, or the connection closed
+        # while the client was still sending. Either way nothing reaches the app.
+        try:
+            status = httpx.get(f"{url}/health", headers={"X-Huge": "a" * 200_000}, timeout=10)
+            assert status.status_code in (400, 413, 431)
+        except httpx.TransportError:
+            pass
         answer = httpx.post(f"{url}/v1/predict", files=_upload(film), timeout=60)
         assert answer.status_code == 200 and 0 <= answer.json()["probability"] <= 1

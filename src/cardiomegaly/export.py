@@ -66,7 +66,8 @@ def export(
         raise UserError(f"unknown export format '{format}'; choose onnx or torchscript")
     model = Path(model)
     out = Path(out) if out else model.with_name(model.name.split(".")[0] + FORMATS[format])
-    if out.exists():
+    again = format == "onnx" and is_export_of(out, model)  # e.g. the one training wrote
+    if out.exists() and not again:
         raise UserError(f"{out}: exists; give another --out (nothing was changed)")
     net, meta = load_model(model)
     # Which model file this is an export of: predict's default backend uses a model.onnx only
@@ -77,6 +78,13 @@ def export(
     x = torch.from_numpy(sample_films(samples, size, seed)).float().div(255)[:, None]
     with torch.no_grad():
         reference = net(x).numpy()
+    if again:  # already there: checked again, not rewritten
+        got = _onnx_logits(out, x)
+        difference = float(np.abs(_sigmoid(got) - _sigmoid(reference)).max())
+        if difference > PARITY_TOLERANCE:
+            raise UserError(f"{out}: an export of {model} that differs from it by "
+                            f"{difference:.2e}; delete it and export again")  # fmt: skip
+        return ExportResult(out, format, difference, samples)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -102,7 +110,6 @@ def export(
 
 def _export_onnx(net: CardioNet, meta: dict[str, Any], x: torch.Tensor, path: Path) -> np.ndarray:
     import onnx
-    import onnxruntime as ort
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -113,6 +120,12 @@ def _export_onnx(net: CardioNet, meta: dict[str, Any], x: torch.Tensor, path: Pa
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
     onnx.save(proto, str(path))
+    return _onnx_logits(path, x)
+
+
+def _onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {"image": x.numpy()})[0]
 
@@ -253,6 +266,25 @@ def int8_settings() -> dict[str, Any]:
 
     return {"quant_format": QuantFormat.QDQ, "per_channel": True, "reduce_range": True,
             "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8}  # fmt: skip
+
+
+def is_export_of(onnx_path: str | Path, model_path: str | Path) -> bool:
+    """Whether ``onnx_path`` was exported from ``model_path`` as it is now (same bytes).
+
+    >>> is_export_of("nowhere/model.onnx", "nowhere/model.safetensors")
+    False
+    """
+    onnx_path, model_path = Path(onnx_path), Path(model_path)
+    if not onnx_path.is_file() or not model_path.is_file():
+        return False
+    try:
+        source = read_onnx_metadata(onnx_path).get("exported_from", {}).get("sha256")
+    except UserError:
+        return False
+    matches = source == sha256_of(model_path)
+    if not matches:
+        log.info("%s is not an export of %s as it is now", onnx_path, model_path)
+    return matches
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:

@@ -291,10 +291,11 @@ def _download_imagenet(spec: Arch, arch: str) -> dict[str, torch.Tensor]:
         return spec.weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # URLError, socket errors, hash errors: all mean "not here"
         published = Path(spec.weights.url).name
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
         raise UserError(
             f"cannot download the ImageNet weights of {arch} ({type(exc).__name__}); offline, "
-            f"put torchvision's {published} next to your data and pass --weights "
-            f"/path/to/{published}, or train from scratch with --weights none"
+            f"copy torchvision's {published} into {hub} (then --weights imagenet works) or "
+            f"pass --weights /path/to/{published}, or train from scratch with --weights none"
         ) from None
 
 

@@ -11,7 +11,6 @@ Prediction(path='film.dcm', probability=0.83, label=1, threshold=0.41, error=Non
 from __future__ import annotations
 
 import glob
-import logging
 import math
 import os
 from collections import deque
@@ -34,10 +33,8 @@ from .data.images import pil_to_float
 from .data.preprocess import prepare_file, quantize, to_float, to_square
 from .data.records import IMAGE_SUFFIXES
 from .errors import ImageError, UserError
-from .export import read_onnx_metadata
-from .model import CLASS_NAMES, CardioNet, load_model, sha256_of
-
-log = logging.getLogger(__name__)
+from .export import is_export_of, read_onnx_metadata
+from .model import CLASS_NAMES, CardioNet, load_model
 
 
 def cpu_threads(cgroup: str | Path = "/sys/fs/cgroup") -> int:
@@ -211,7 +208,7 @@ class Classifier:
             path.name.split(".")[0] + ".onnx")  # fmt: skip
         if backend == "auto":
             backend = "onnx" if (select_device(device).type == "cpu"
-                                 and _is_export_of(onnx_path, path)) else "torch"  # fmt: skip
+                                 and is_export_of(onnx_path, path)) else "torch"  # fmt: skip
         if backend == "onnx":
             if not onnx_path.is_file():
                 raise UserError(f"{onnx_path}: no ONNX export; make it with "
@@ -292,20 +289,6 @@ class Classifier:
             return self.preprocess(x), None
         except ImageError as exc:
             return None, str(exc)
-
-
-def _is_export_of(onnx_path: Path, model_path: Path) -> bool:
-    """Whether ``onnx_path`` was exported from ``model_path`` as it is now (same bytes)."""
-    if not onnx_path.is_file() or not model_path.is_file():
-        return False
-    try:
-        source = read_onnx_metadata(onnx_path).get("exported_from", {}).get("sha256")
-    except UserError:
-        return False
-    matches = source == sha256_of(model_path)
-    if not matches:
-        log.info("%s is not an export of %s as it is now; using PyTorch", onnx_path, model_path)
-    return matches
 
 
 def _onnx_session(path: Path):

@@ -220,7 +220,9 @@ def _load_dicom(
     from pydicom.pixels import apply_modality_lut
 
     try:
-        ds = pydicom.dcmread(src, force=force)
+        with warnings.catch_warnings():  # pydicom's notes on odd files are not for the user
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(src, force=force)
     except Exception as exc:
         raise ImageError(f"{label}: not a readable DICOM file ({exc})") from None
     if "PixelData" not in ds:

@@ -17,7 +17,8 @@ from cardiomegaly.cli import main
 from cardiomegaly.data.phantom import sample_films
 from cardiomegaly.errors import UserError
 from cardiomegaly.export import export, read_onnx_metadata
-from cardiomegaly.model import load_model, read_metadata, save_model, sha256_of
+from cardiomegaly.fileio import sha256_of
+from cardiomegaly.model import load_model, read_metadata, save_model
 from cardiomegaly.predict import Classifier
 from makers import tiny_train_config
 

@@ -9,37 +9,50 @@ The public API, re-exported explicitly::
 
 __version__ = "0.1.0"
 
-from .config import (
-    AugmentConfig,
-    Columns,
-    DataConfig,
-    PreprocessConfig,
-    SplitConfig,
-    TrainConfig,
-)
-from .data import (
-    RECORD_COLUMNS,
-    ImageCache,
-    ImageMeta,
-    Records,
-    box_to_square,
-    detect_format,
-    load_image,
-    load_records,
-    patient_split,
-    read_splits,
-    save_splits,
-    synthesize,
-    to_square,
-)
-from .errors import ConfigError, DataError, ImageError, UserError
-from .evaluate import EvalResult, auroc, choose_threshold, compare, evaluate, operating_point
-from .explain import explain
-from .export import export
-from .model import CardioNet, build_model, load_model, load_weights, read_metadata, save_model
-from .predict import Classifier, Prediction
-from .summary import DataSummary, summarize
-from .train import TrainResult, train
+import importlib
+import sys
+import types
+
+# Where each public name lives. Loaded on first use: `cardiomegaly predict` on ONNX Runtime never
+# imports torch (half a gigabyte), and `cardiomegaly --help` answers at once.
+_EXPORTS = {
+    **dict.fromkeys(["AugmentConfig", "Columns", "DataConfig", "PreprocessConfig", "SplitConfig",
+                     "TrainConfig"], ".config"),
+    **dict.fromkeys(["RECORD_COLUMNS", "ImageCache", "ImageMeta", "Records", "box_to_square",
+                     "detect_format", "load_image", "load_records", "patient_split", "read_splits",
+                     "save_splits", "synthesize", "to_square"], ".data"),
+    **dict.fromkeys(["ConfigError", "DataError", "ImageError", "UserError"], ".errors"),
+    **dict.fromkeys(["EvalResult", "auroc", "choose_threshold", "compare", "evaluate",
+                     "operating_point"], ".evaluate"),
+    "explain": ".explain",
+    "export": ".export",
+    **dict.fromkeys(["CardioNet", "build_model", "load_model", "load_weights", "read_metadata",
+                     "save_model"], ".model"),
+    **dict.fromkeys(["Classifier", "Prediction"], ".predict"),
+    **dict.fromkeys(["DataSummary", "summarize"], ".summary"),
+    **dict.fromkeys(["TrainResult", "train"], ".train"),
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cardiomegaly' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """``cardiomegaly.train`` stays the function when the submodule of that name is imported
+    (Python would otherwise bind the submodule there); submodules stay in ``sys.modules``."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and name in _EXPORTS:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "RECORD_COLUMNS",

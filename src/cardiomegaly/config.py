@@ -139,6 +139,9 @@ class AugmentConfig:
             )
 
 
+#: What label 0 and label 1 mean, in every model file and prediction.
+CLASS_NAMES = ["no cardiomegaly", "cardiomegaly"]
+
 #: Presets fill in what the user did not say. "demo": phantoms, small images, a few epochs,
 #: from scratch (offline) - the demo and CPU-only users.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -20,15 +20,17 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .data.phantom import sample_films
 from .errors import UserError
-from .fileio import FILE_MODE
-from .model import CardioNet, load_model, sha256_of
+from .fileio import FILE_MODE, sha256_of
+
+if TYPE_CHECKING:  # torch loads only to export: is_export_of serves torch-free prediction
+    import torch
+
+    from .model import CardioNet
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,11 @@ def export(
     again = format == "onnx" and is_export_of(out, model)  # e.g. the one training wrote
     if out.exists() and not again:
         raise UserError(f"{out}: exists; give another --out (nothing was changed)")
+    import torch
+
+    from .data.phantom import sample_films
+    from .model import load_model
+
     net, meta = load_model(model)
     # Which model file this is an export of: predict's default backend uses a model.onnx only
     # when it matches the model file beside it byte for byte.
@@ -110,6 +117,7 @@ def export(
 
 def _export_onnx(net: CardioNet, meta: dict[str, Any], x: torch.Tensor, path: Path) -> np.ndarray:
     import onnx
+    import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -133,6 +141,8 @@ def _onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
 def _export_torchscript(
     net: CardioNet, meta: dict[str, Any], x: torch.Tensor, path: Path
 ) -> np.ndarray:
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream; it still serves C++
         traced = torch.jit.trace(net, x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -75,3 +76,12 @@ def fresh_folder(path: str | Path) -> Path:
     if not os.access(path, os.W_OK):
         raise UserError(f"{path}: folder is not writable")
     return path
+
+
+def sha256_of(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ and the model file records it, so every consumer reads it back instead of re-dec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,14 +24,14 @@ import torch
 import torchvision
 from torch import nn
 
+from .config import CLASS_NAMES
 from .errors import UserError
-from .fileio import FILE_MODE
+from .fileio import FILE_MODE, sha256_of
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _METADATA_KEY = "cardiomegaly"
-CLASS_NAMES = ["no cardiomegaly", "cardiomegaly"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -228,14 +227,6 @@ def preprocessing_for(arch: str, image_size: int, resize: str) -> dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------- weights
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_weights(model: CardioNet, source: str) -> dict[str, Any]:

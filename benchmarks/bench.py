@@ -486,7 +486,8 @@ def goal_rows() -> list[str]:
     rows = ["| goal | measured | met |", "|---|---|---|"]
     for name, value, met in goals:
         verdict = "not measured" if value != value else "yes" if met else "no"
-        rows.append(f"| {name} | {value:.2f} | {verdict} |")
+        rows.append(f"| {name} | {value:.2f} | {verdict} |" if abs(value) >= 0.01 or value == 0
+                    else f"| {name} | {value:.4f} | {verdict} |")  # fmt: skip
     return rows
 
 
@@ -514,7 +515,9 @@ def main() -> None:
         f"InceptionV3 (our head) at {args.size} px: {flops / 1e9:.2f} GFLOP per image, so at "
         f"most {peak / flops:.1f} images/s in fp32. The seed's network (cut at mixed7, 256 px): "
         f"{seed_flops / 1e9:.2f} GFLOP. Median and range of {REPS} repetitions after 2 warm-up "
-        "runs; random weights. Threads: one per core.",
+        "runs; random weights. Threads: one per core. The clock is /proc/cpuinfo's; a figure "
+        "over 100 % means the cores ran above it (boost), and int8 is not bound by the fp32 "
+        "roofline.",
         "",
         "Full-network training rows count 3 x the forward FLOPs per image (forward and "
         "backward), the seed's frozen-base training its forward plus 3 x its head; peak RSS is "

@@ -107,8 +107,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     step("train", "--preset", "demo", "--data", phantoms, "--out", run, "--seed", args.seed,
          "--cache-dir", out / ".cache", *(["--epochs", args.epochs] if args.epochs else []),
          *(["--image-size", args.image_size] if args.image_size else []))  # fmt: skip
-    # Three films the model never saw: the test split's first two with cardiomegaly, one without.
-    test = pd.read_csv(run / "splits.csv").query("split == 'test'")
+    # Three films the model never saw, of three patients: two with cardiomegaly, one without.
+    test = pd.read_csv(run / "splits.csv").query("split == 'test'").drop_duplicates("patient")
     picks = list(test[test["label"] == 1]["path"][:2]) + list(test[test["label"] == 0]["path"][:1])
     step("predict", model, *[phantoms / p for p in picks], "--out", out / "predictions.csv",
          "--cam", out / "overlays")  # fmt: skip

@@ -214,7 +214,7 @@ class Classifier:
         """Load a ``model.safetensors``, or a ``.onnx`` export, ready to predict.
 
         ``backend="auto"`` runs on ONNX Runtime when the model runs on the CPU and the
-        ``model.onnx`` beside it is an export of this very file (training writes one): about 1.6x
+        ``model.onnx`` beside it is an export of this very file (training writes one): about 1.4x
         PyTorch's speed on a CPU (``make bench``). Otherwise PyTorch. ``"torch"`` and ``"onnx"``
         choose explicitly.
 

@@ -109,11 +109,25 @@ def test_label_tables(case, tmp_path, capsys):
         assert words in out
 
 
+def test_a_data_yaml_with_a_scalar_where_a_mapping_belongs_exits_2(tiny_phantoms, tmp_path,
+                                                                    capsys):  # fmt: skip
+    data = tmp_path / "data.yaml"
+    data.write_text(f"format: synthetic\nroot: {tiny_phantoms}\ncolumns: 0.7\n")
+    assert main(["data", str(data), "--no-check"]) == 2
+    one_line_error(capsys.readouterr().err, "data.yaml", "columns: expected a mapping")
+
+
 @pytest.mark.parametrize(
     ("text", "words"),
-    [("epochs: [1, 2", "not a readable YAML"), ("", "is empty"), ("- a list\n", "YAML mapping"),
-     ("epoch: 3\n", "did you mean 'epochs'")],
-)  # fmt: skip
+    [
+        ("epochs: [1, 2", "not a readable YAML"),
+        ("", "is empty"),
+        ("- a list\n", "YAML mapping"),
+        ("epoch: 3\n", "did you mean 'epochs'"),
+        ("split: 0.7\n", "split: expected a mapping"),  # a scalar where a mapping belongs
+        ("threshold_rule: fixed:1.5\n", "not a probability"),
+    ],
+)
 def test_config_yaml(text, words, tiny_phantoms, tmp_path, capsys):
     config = tmp_path / "train.yaml"
     config.write_text(text)
@@ -181,8 +195,11 @@ def test_model_files_that_are_not_ours_are_refused(case, tiny_run, tmp_path, cap
         (["--out", "FILE"], "give a new --out"),
         (["--out", "/proc/cardiomegaly-run"], "cannot write"),  # unwritable, even for root
         (["--batch-size", "0"], "batch"),
+        (["--threshold-rule", "fixed:1.5"], "fixed:1.5 is not a probability"),  # before the run
+        (["--threshold-rule", "fixed:half"], "fixed:half is not a probability"),
+        (["--arch", "vgg16"], "invalid choice: 'vgg16'.*inception_v3"),
     ],
-)  # fmt: skip
+)
 def test_training_arguments(extra, words, tiny_phantoms, tmp_path, capsys):
     (tmp_path / "FILE").write_text("the user's file\n")
     extra = [str(tmp_path / "FILE") if a == "FILE" else a for a in extra]

@@ -101,3 +101,19 @@ def test_predict_cam_writes_one_overlay_per_scored_image(tiny_run, tiny_phantoms
     assert main(["predict", str(tiny_run / "model.safetensors"), str(folder),
                  "--out", str(tmp_path / "p.csv"), "--cam", str(cams)]) == 0  # fmt: skip
     assert len(list(cams.glob("*.png"))) == 30  # the three bad files have no overlay
+
+
+def test_explain_makes_a_contact_sheet_for_data_without_heart_boxes(tiny_run, tiny_phantoms,
+                                                                    tmp_path):  # fmt: skip
+    """A folder of class sub-folders has no boxes: the sheet shows films all the same."""
+    table = pd.read_csv(tiny_phantoms / "phantoms.csv")
+    for row in table.head(8).itertuples():
+        folder = tmp_path / "data" / ("cardiomegaly" if row.label == 1 else "normal")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_phantoms / row.image, folder)
+    out = tmp_path / "explain"
+    assert main(["explain", str(tiny_run / "model.safetensors"), "--data", str(tmp_path / "data"),
+                 "--split", "all", "--out", str(out), "--bootstrap", "50"]) == 0  # fmt: skip
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["with_box"] == 0
+    assert (out / "contact_sheet.png").is_file()

@@ -8,23 +8,18 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from cardiomegaly import predict as predict_module
+from cardiomegaly import runtime
 from cardiomegaly.cli import main
 from cardiomegaly.errors import ImageError, UserError
-from cardiomegaly.predict import (
-    Classifier,
-    Prediction,
-    autocast,
-    cpu_threads,
-    find_images,
-    select_device,
-)
+from cardiomegaly.predict import Classifier, Prediction, find_images
+from cardiomegaly.runtime import autocast, cpu_threads, select_device
 from makers import write_corrupt_images, write_png
 
 
@@ -157,7 +152,7 @@ def test_torchrun_shards_the_inputs_and_merges_them_in_input_order(tiny_run, tin
 # ------------------------------------------------------------------- devices and threads
 
 
-def test_the_cpu_runs_in_full_precision_and_cuda_is_refused_where_there_is_none():
+def test_the_cpu_runs_in_full_precision():
     import torch
 
     device = select_device("cpu")
@@ -165,7 +160,20 @@ def test_the_cpu_runs_in_full_precision_and_cuda_is_refused_where_there_is_none(
     with autocast(device):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
         assert not torch.is_autocast_enabled("cpu")
-    if not torch.cuda.is_available():
+
+
+def test_auto_takes_the_gpu_in_mixed_precision_where_there_is_one_and_cuda_is_refused_elsewhere():
+    """Both branches assert: on a GPU machine the GPU half runs, on a CPU machine the other."""
+    import torch
+
+    if torch.cuda.is_available():
+        device = select_device("auto")
+        assert device.type == "cuda" and select_device("cuda") == device
+        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        a = torch.ones(8, 8, device=device)
+        with autocast(device):
+            assert (a @ a).dtype == expected
+    else:
         assert select_device("auto").type == "cpu"
         with pytest.raises(UserError, match="no CUDA device"):
             select_device("cuda")
@@ -181,9 +189,24 @@ def test_threads_follow_the_container_cpu_quota(tmp_path, monkeypatch):
     assert cpu_threads(tmp_path / "no-cgroup") == len(os.sched_getaffinity(0))
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(predict_module, "cpu_threads", lambda: 1)
+    monkeypatch.setattr(runtime, "cpu_threads", lambda: 1)
     try:
         select_device("cpu")
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_pydicoms_own_test_files_give_error_rows_and_no_tracebacks(tiny_run, tmp_path):
+    """pydicom's decoder plugins log what they cannot decode with full tracebacks; the tool
+    reports those films as error rows, so the terminal gets no traceback."""
+    pydicom_data = pytest.importorskip("pydicom.data")
+    folder = Path(pydicom_data.get_testdata_file("CT_small.dcm")).parent
+    out = tmp_path / "p.csv"
+    result = subprocess.run([sys.executable, "-m", "cardiomegaly", "predict",
+                             str(tiny_run / "model.safetensors"), str(folder), "--out", str(out)],
+                            capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    rows = pd.read_csv(out)
+    assert rows["error"].notna().sum() >= 4 and rows["probability"].notna().sum() >= 4

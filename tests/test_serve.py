@@ -185,3 +185,39 @@ def test_a_huge_header_is_refused_by_the_server_and_it_keeps_serving(tiny_run, f
             pass
         answer = httpx.post(f"{url}/v1/predict", files=_upload(film), timeout=60)
         assert answer.status_code == 200 and 0 <= answer.json()["probability"] <= 1
+
+
+def test_more_simultaneous_requests_than_slots_all_succeed_and_at_most_n_run(
+    tiny_run, film, monkeypatch
+):
+    slots, requests = 2, 6
+    active, most = [0], [0]
+    lock = threading.Lock()
+    real = Classifier.probabilities
+
+    def slow(self, batch):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            time.sleep(0.3)
+            return real(self, batch)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(Classifier, "probabilities", slow)
+    app = create_app(tiny_run / "model.safetensors", concurrency=slots)
+    with fastapi_testclient.TestClient(app) as c:
+        statuses: list[int] = []
+
+        def one() -> None:
+            statuses.append(c.post("/v1/predict", files=_upload(film)).status_code)
+
+        threads = [threading.Thread(target=one) for _ in range(requests)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert statuses == [200] * requests
+    assert most[0] == slots  # the slots were used at once, and never more of them

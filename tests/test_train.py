@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -164,3 +165,138 @@ def test_a_missing_weights_file_stops_before_any_folder_is_made(phantoms, tmp_pa
     assert code == 2
     assert "absent.pth: no such file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------- transfer learning and options
+
+
+def _backbone_changes(before: dict, after: dict) -> set[str]:
+    """Names of the tensors (parameters and batch-norm statistics) that moved."""
+    return {k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])}
+
+
+def test_two_stage_transfer_learning_from_a_local_pretrained_file(phantoms, tmp_path):
+    """Stage 1 trains the head alone: backbone and its batch-norm statistics stay bit-identical
+    to the pretrained file. Stage 2 moves exactly the unfrozen blocks (and the head)."""
+    import torchvision
+
+    pretrained = torchvision.models.inception_v3(weights=None, aux_logits=False,
+                                                 init_weights=True).state_dict()  # fmt: skip
+    weights = tmp_path / "my_inception_v3.pth"
+    torch.save(pretrained, weights)
+    common = {"weights": str(weights), "head_epochs": 1, "unfreeze": ["Mixed_7"],
+              "backbone_lr": 1e-2, "patience": 5}  # fmt: skip
+
+    train_module.train(tiny(phantoms, epochs=1, **common), out=tmp_path / "stage1")
+    after1 = torch.load(tmp_path / "stage1" / "last.pt", weights_only=True)["model"]
+    moved1 = _backbone_changes(pretrained, after1)
+    assert moved1 and all(k.startswith("fc.") for k in moved1), sorted(moved1)[:5]
+
+    train_module.train(tiny(phantoms, epochs=2, **common), out=tmp_path / "stage2")
+    after2 = torch.load(tmp_path / "stage2" / "last.pt", weights_only=True)["model"]
+    moved2 = _backbone_changes(pretrained, after2)
+    assert all(k.startswith(("fc.", "Mixed_7")) for k in moved2), sorted(moved2)[:5]
+    assert any(k.startswith("Mixed_7") and "running_mean" in k for k in moved2)
+    assert any(k.startswith("Mixed_7") and k.endswith("conv.weight") for k in moved2)
+
+    meta = read_metadata(tmp_path / "stage2" / "model.safetensors")
+    weights_info = meta["training"]["weights"]
+    assert weights_info["source"] == "file" and weights_info["file"] == weights.name
+    assert weights_info["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_a_balanced_sampler_draws_balanced_batches_instead_of_weighting_the_loss(
+    phantoms, tmp_path, monkeypatch
+):
+    seen = {}
+    real_optimisation, real_loader = train_module._optimisation, train_module._train_loader
+
+    def optimisation(*args):
+        seen["optim"] = real_optimisation(*args)
+        return seen["optim"]
+
+    def loader(cfg, ds, ddp, epoch):
+        seen["loader"], seen["labels"] = real_loader(cfg, ds, ddp, epoch), ds.labels
+        return seen["loader"]
+
+    monkeypatch.setattr(train_module, "_optimisation", optimisation)
+    monkeypatch.setattr(train_module, "_train_loader", loader)
+    train_module.train(tiny(phantoms, balanced_sampler=True), out=tmp_path / "run")
+    assert seen["optim"].criterion.pos_weight is None
+    labels = torch.tensor(seen["labels"])
+    assert labels.float().mean() > 0.7  # the tiny training split is mostly positive ...
+    drawn = labels[torch.tensor(list(seen["loader"].sampler) * 100)]
+    assert abs(drawn.float().mean().item() - 0.5) < 0.05  # ... its batches are not
+
+
+def test_the_plateau_schedule_cuts_the_rate_tenfold_and_only_after_a_plateau(phantoms, tmp_path):
+    result = train_module.train(tiny(phantoms, epochs=6, schedule="plateau", patience=6),
+                                out=tmp_path / "run")  # fmt: skip
+    history = pd.read_csv(result.run_dir / "history.csv")
+    rates = history["lr"].to_numpy()
+    ratios = rates[1:] / rates[:-1]
+    assert all(r == pytest.approx(1.0) or r == pytest.approx(0.1) for r in ratios), rates
+    for epoch, ratio in enumerate(ratios, start=2):  # a cut needs 3 epochs without a new best
+        if ratio < 1:
+            best = history["val_auroc"][: epoch - 1].cummax()
+            assert (best.diff().fillna(1)[-3:] <= 0).all(), history
+
+
+def test_the_auxiliary_classifier_learns_inside_a_real_run(phantoms, tmp_path):
+    """The auxiliary logits add a loss term: their layer moves (it gets no gradient otherwise)."""
+    from cardiomegaly.model import build_model
+
+    config = tiny(phantoms, epochs=1, image_size=299, aux_logits=True)
+    torch.manual_seed(config.seed)
+    initial = build_model("inception_v3", dropout=config.dropout, aux_logits=True).net.state_dict()
+    train_module.train(config, out=tmp_path / "run")
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    assert not torch.equal(initial["AuxLogits.fc.weight"], after["AuxLogits.fc.weight"])
+    assert not torch.equal(initial["fc.weight"], after["fc.weight"])
+    meta = read_metadata(tmp_path / "run" / "model.safetensors")
+    assert meta["architecture"]["aux_logits"] is True
+
+
+# --------------------------------------------------------------------------------- logging
+
+
+def test_a_train_log_written_to_a_file_has_one_line_per_epoch_and_no_bar_frames(
+    phantoms, tmp_path
+):
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        result = subprocess.run(
+            [sys.executable, "-m", "cardiomegaly", "train", "--data", str(phantoms),
+             "--weights", "none", "--image-size", "75", "--epochs", "3", "--batch-size", "8",
+             "--no-export-onnx", "--out", str(tmp_path / "run")],
+            stdout=f, stderr=subprocess.STDOUT, timeout=600, check=False,
+        )  # fmt: skip
+    text = log.read_text()
+    assert result.returncode == 0, text[-2000:]
+    assert "\r" not in text
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"], text
+    assert "test AUROC" in text and "run folder" in text
+
+
+def test_quiet_training_prints_only_where_results_went(phantoms, tmp_path, capsys):
+    assert main(["-q", "train", "--data", str(phantoms), "--weights", "none", "--image-size",
+                 "75", "--epochs", "1", "--batch-size", "8", "--no-export-onnx",
+                 "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert not [line for line in out.splitlines() if line.startswith(("epoch", "test AUROC"))]
+    assert f"model       {tmp_path / 'run' / 'model.safetensors'}" in out
+
+
+def test_training_metrics_go_to_tensorboard_when_it_is_installed(phantoms, tmp_path):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="tensorboard not installed (pip install 'cardiomegaly[tensorboard]')",
+    )
+    train_module.train(tiny(phantoms), out=tmp_path / "run")
+    events = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "val/loss", "val/auroc", "lr"} <= set(events.Tags()["scalars"])
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    logged = [e.value for e in events.Scalars("val/auroc")]
+    assert logged == pytest.approx(list(history["val_auroc"]), abs=1e-6)

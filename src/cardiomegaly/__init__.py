@@ -16,22 +16,50 @@ import types
 # Where each public name lives. Loaded on first use: `cardiomegaly predict` on ONNX Runtime never
 # imports torch (half a gigabyte), and `cardiomegaly --help` answers at once.
 _EXPORTS = {
-    **dict.fromkeys(["AugmentConfig", "Columns", "DataConfig", "PreprocessConfig", "SplitConfig",
-                     "TrainConfig"], ".config"),
-    **dict.fromkeys(["RECORD_COLUMNS", "ImageCache", "ImageMeta", "Records", "box_to_square",
-                     "detect_format", "load_image", "load_records", "patient_split", "read_splits",
-                     "save_splits", "synthesize", "to_square"], ".data"),
+    **dict.fromkeys(
+        [
+            "AugmentConfig",
+            "Columns",
+            "DataConfig",
+            "PreprocessConfig",
+            "SplitConfig",
+            "TrainConfig",
+        ],
+        ".config",
+    ),
+    **dict.fromkeys(
+        [
+            "RECORD_COLUMNS",
+            "ImageCache",
+            "ImageMeta",
+            "Records",
+            "box_to_square",
+            "detect_format",
+            "load_image",
+            "load_records",
+            "patient_split",
+            "read_splits",
+            "save_splits",
+            "synthesize",
+            "to_square",
+        ],
+        ".data",
+    ),
     **dict.fromkeys(["ConfigError", "DataError", "ImageError", "UserError"], ".errors"),
-    **dict.fromkeys(["EvalResult", "auroc", "choose_threshold", "compare", "evaluate",
-                     "operating_point"], ".evaluate"),
+    **dict.fromkeys(
+        ["EvalResult", "auroc", "choose_threshold", "compare", "evaluate", "operating_point"],
+        ".evaluate",
+    ),
     "explain": ".explain",
     "export": ".export",
-    **dict.fromkeys(["CardioNet", "build_model", "load_model", "load_weights", "read_metadata",
-                     "save_model"], ".model"),
+    **dict.fromkeys(
+        ["CardioNet", "build_model", "load_model", "load_weights", "read_metadata", "save_model"],
+        ".model",
+    ),
     **dict.fromkeys(["Classifier", "Prediction"], ".predict"),
     **dict.fromkeys(["DataSummary", "summarize"], ".summary"),
     **dict.fromkeys(["TrainResult", "train"], ".train"),
-}  # fmt: skip
+}
 
 
 def __getattr__(name: str):

@@ -1,19 +1,28 @@
 """The ``cardiomegaly`` command line: parses, calls the library, prints where results went.
 
 Exit status: 0 success, 2 bad usage or bad input (one line, no traceback), 1 internal error.
+
+Each command imports its stage where it runs: ``--help`` answers at once, and ``predict`` on a
+CPU (ONNX Runtime) never loads torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+import time
 import traceback
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
+
 from . import __version__
-from .config import DataConfig, SplitConfig, TrainConfig, load_yaml
+from .config import PRESETS, DataConfig, SplitConfig, TrainConfig, load_yaml
 from .errors import ConfigError, UserError
 from .fileio import fresh_folder, next_run_folder
 
@@ -88,10 +97,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole flow on phantoms: synth, train (demo preset; the test evaluation and report come
     with it), predict three test films with Grad-CAM, explain the test split."""
-    import time
-
-    import pandas as pd
-
     start = time.perf_counter()
     out = Path(args.out) if args.out else next_run_folder(Path("runs") / "demo", "demo")
     phantoms, run = out / "phantoms", out / "run"
@@ -104,22 +109,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
         step_args.func(step_args)
 
     step("synth", phantoms, "--n", args.n, "--size", args.size, "--seed", args.seed)
-    step("train", "--preset", "demo", "--data", phantoms, "--out", run, "--seed", args.seed,
-         "--cache-dir", out / ".cache", *(["--epochs", args.epochs] if args.epochs else []),
-         *(["--image-size", args.image_size] if args.image_size else []))  # fmt: skip
+    step(
+        "train",
+        "--preset",
+        "demo",
+        "--data",
+        phantoms,
+        "--out",
+        run,
+        "--seed",
+        args.seed,
+        "--cache-dir",
+        out / ".cache",
+        *(["--epochs", args.epochs] if args.epochs else []),
+        *(["--image-size", args.image_size] if args.image_size else []),
+    )
     # Three films the model never saw, of three patients: two with cardiomegaly, one without.
     test = pd.read_csv(run / "splits.csv").query("split == 'test'").drop_duplicates("patient")
     picks = list(test[test["label"] == 1]["path"][:2]) + list(test[test["label"] == 0]["path"][:1])
-    step("predict", model, *[phantoms / p for p in picks], "--out", out / "predictions.csv",
-         "--cam", out / "overlays")  # fmt: skip
+    step(
+        "predict",
+        model,
+        *[phantoms / p for p in picks],
+        "--out",
+        out / "predictions.csv",
+        "--cam",
+        out / "overlays",
+    )
     step("explain", model, "--data", phantoms, "--out", out / "explain")
     minutes, seconds = divmod(round(time.perf_counter() - start), 60)
     print(f"\ndemo finished in {minutes} min {seconds} s. Look at:")
-    for what, path in (("report", run / "test" / "report.html"),
-                       ("curves", run / "curves.png"),
-                       ("overlays", out / "overlays"),
-                       ("contact sheet", out / "explain" / "contact_sheet.png"),
-                       ("predictions", out / "predictions.csv")):  # fmt: skip
+    for what, path in (
+        ("report", run / "test" / "report.html"),
+        ("curves", run / "curves.png"),
+        ("overlays", out / "overlays"),
+        ("contact sheet", out / "explain" / "contact_sheet.png"),
+        ("predictions", out / "predictions.csv"),
+    ):
         print(f"  {what:<14}{path}")
     return 0
 
@@ -131,16 +157,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(resume=args.resume)
     else:
         overrides = load_yaml(args.config) if args.config else {}
-        for key in ("data", "arch", "weights", "image_size", "resize", "epochs", "batch_size",
-                    "head_epochs", "lr", "backbone_lr", "schedule", "patience", "seed", "device",
-                    "workers", "cache_dir", "threshold_rule"):  # fmt: skip
-            if getattr(args, key) is not None:
-                overrides[key] = getattr(args, key)
-        for flag in ("balanced_sampler", "aux_logits", "calibrate"):
-            if getattr(args, flag):
-                overrides[flag] = True
-        if args.unfreeze:
-            overrides["unfreeze"] = args.unfreeze.split(",")
+        for f in _train_fields():
+            if getattr(args, f.name) is not None:  # said on the command line
+                overrides[f.name] = getattr(args, f.name)
         if args.hflip:
             overrides.setdefault("augment", {})["hflip"] = True
         if args.views:
@@ -148,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.split_file:
             overrides.setdefault("split", {})["split_file"] = args.split_file
         try:
-            config = TrainConfig.from_preset(args.preset, **overrides)
+            config = TrainConfig.from_preset(overrides.pop("preset", None), **overrides)
         except ConfigError as exc:  # name the file when the YAML holds the mistake
             raise ConfigError(f"{args.config}: {exc}" if args.config else str(exc)) from None
         if not config.data:
@@ -170,37 +189,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(args.models) > 2:
         raise UserError("give one model file to evaluate, or two to compare")
     options = {
-        "split": args.split, "out": args.out, "batch_size": args.batch_size,
-        "device": args.device, "n_boot": args.bootstrap, "cache_dir": args.cache_dir,
-    }  # fmt: skip
+        "split": args.split,
+        "out": args.out,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "n_boot": args.bootstrap,
+        "cache_dir": args.cache_dir,
+    }
     if len(args.models) == 2:
         result = compare(*args.models, args.data, **options)
         m = result.metrics
         for name in ("a", "b"):
             auc = m[f"auroc_{name}"]
-            print(f"AUROC {name.upper()}     {auc['value']:.4f} (95 % CI {_ci(auc['ci95'])})  "
-                  f"{m[f'model_{name}']}")  # fmt: skip
+            print(
+                f"AUROC {name.upper()}     {auc['value']:.4f} (95 % CI {_ci(auc['ci95'])})  "
+                f"{m[f'model_{name}']}"
+            )
         d = m["difference"]
-        print(f"A - B       {d['value']:+.4f} (95 % CI {_ci(d['ci95'])}, paired patient bootstrap)"
-              f"  DeLong p = {d['delong_p']:.3g}")  # fmt: skip
+        print(
+            f"A - B       {d['value']:+.4f} (95 % CI {_ci(d['ci95'])}, paired patient bootstrap)"
+            f"  DeLong p = {d['delong_p']:.3g}"
+        )
         for note in m["notes"]:
             print(f"note        {note}")
     else:
         result = evaluate(args.models[0], args.data, **options)
         m = result.metrics
-        print(f"records     {m['images']} images, {m['patients']} patients, "
-              f"{m['positives']} positive ({m['split_description']})")  # fmt: skip
+        print(
+            f"records     {m['images']} images, {m['patients']} patients, "
+            f"{m['positives']} positive ({m['split_description']})"
+        )
         auc = m["auroc"]
         if auc["value"] is None:
             print(f"AUROC       undefined: {auc['undefined']}")
         else:
             delong = auc.get("delong") or {}
-            print(f"AUROC       {auc['value']:.4f} (95 % CI {_ci(auc['ci95'])} patient bootstrap; "
-                  f"{_ci(delong.get('ci95'))} DeLong)")  # fmt: skip
+            print(
+                f"AUROC       {auc['value']:.4f} (95 % CI {_ci(auc['ci95'])} patient bootstrap; "
+                f"{_ci(delong.get('ci95'))} DeLong)"
+            )
         for name, op in m["operating_points"].items():
             sens, spec = op["sensitivity"]["value"], op["specificity"]["value"]
-            print(f"{name:<27} threshold {op['threshold']:.3f}  sensitivity {_num(sens)}  "
-                  f"specificity {_num(spec)}")  # fmt: skip
+            print(
+                f"{name:<27} threshold {op['threshold']:.3f}  sensitivity {_num(sens)}  "
+                f"specificity {_num(spec)}"
+            )
         for warning in m["warnings"]:
             print(f"warning     {warning}")
     print(f"report      {result.folder / 'report.html'}")
@@ -241,9 +274,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         overlays = write_overlays(cam_clf, predictions, args.cam, args.batch_size)
         print(f"grad-cam    {len(overlays)} overlays in {args.cam}")
     positives = sum(p.label == 1 for p in scored)
-    print(f"scored      {len(scored)} of {len(paths)} images; {positives} at or above the "
-          f"threshold {clf.threshold:.3f} ({clf.meta['threshold']['rule']}, chosen on "
-          f"validation) on {BACKENDS[clf.backend]}")  # fmt: skip
+    print(
+        f"scored      {len(scored)} of {len(paths)} images; {positives} at or above the "
+        f"threshold {clf.threshold:.3f} ({clf.meta['threshold']['rule']}, chosen on "
+        f"validation) on {BACKENDS[clf.backend]}"
+    )
     errors = [p for p in predictions if p.error is not None]
     for p in errors[:20]:
         print(f"error       {p.error}")
@@ -258,15 +293,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain
 
-    result = explain(args.model, args.data, args.split, args.out, batch_size=args.batch_size,
-                     device=args.device, layer=args.layer, n_boot=args.bootstrap)  # fmt: skip
+    result = explain(
+        args.model,
+        args.data,
+        args.split,
+        args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        layer=args.layer,
+        n_boot=args.bootstrap,
+    )
     s = result.summary
-    print(f"records     {s['images']} images ({s['split_description']}); {s['with_box']} with a "
-          f"heart box; Grad-CAM layer {s['layer']}")  # fmt: skip
+    print(
+        f"records     {s['images']} images ({s['split_description']}); {s['with_box']} with a "
+        f"heart box; Grad-CAM layer {s['layer']}"
+    )
     if "pointing_game" in s:
         for name, r in s["pointing_game"].items():
-            print(f"pointing    {name:<13} hit rate {r['value']:.3f} (95 % CI {_ci(r['ci95'])}, "
-                  f"{r['hits']} of {r['n']})")  # fmt: skip
+            print(
+                f"pointing    {name:<13} hit rate {r['value']:.3f} (95 % CI {_ci(r['ci95'])}, "
+                f"{r['hits']} of {r['n']})"
+            )
         for name, r in s["mean_iou"].items():
             print(f"IoU         {name:<13} mean {r['value']:.3f} (95 % CI {_ci(r['ci95'])})")
     else:
@@ -283,12 +330,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .serve import create_app
 
-    app = create_app(args.model, max_upload_mb=args.max_upload_mb, concurrency=args.concurrency,
-                     timeout_s=args.timeout, device=args.device)  # fmt: skip
+    app = create_app(
+        args.model,
+        max_upload_mb=args.max_upload_mb,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout,
+        device=args.device,
+    )
     print(f"serving     {args.model} on http://{args.host}:{args.port}/  (API docs: /docs)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning     listening on {args.host}: reachable from other machines; no "
-              "authentication, research use only")  # fmt: skip
+        print(
+            f"warning     listening on {args.host}: reachable from other machines; no "
+            "authentication, research use only"
+        )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
@@ -300,15 +354,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError("--int8 needs --format onnx and --data (the model's training data)")
     result = export(args.model, args.format, args.out)
     diff = result.max_probability_difference
-    print(f"parity      largest probability difference from PyTorch {diff:.2e} on "
-          f"{result.samples} phantom films (limit {PARITY_TOLERANCE:g})")  # fmt: skip
+    print(
+        f"parity      largest probability difference from PyTorch {diff:.2e} on "
+        f"{result.samples} phantom films (limit {PARITY_TOLERANCE:g})"
+    )
     print(f"exported    {result.path}")
     if args.int8:
         q = quantize_int8(args.model, result.path, args.data)
         change = q.val_auroc_int8 - q.val_auroc_fp32
-        print(f"int8        validation AUROC {q.val_auroc_int8:.4f} vs fp32 {q.val_auroc_fp32:.4f} "
-              f"({change:+.4f}; {q.val_images} images); {q.images_per_second_int8:.1f} vs "
-              f"{q.images_per_second_fp32:.1f} images/s")  # fmt: skip
+        print(
+            f"int8        validation AUROC {q.val_auroc_int8:.4f} vs fp32 {q.val_auroc_fp32:.4f} "
+            f"({change:+.4f}; {q.val_images} images); {q.images_per_second_int8:.1f} vs "
+            f"{q.images_per_second_fp32:.1f} images/s"
+        )
         if q.kept:
             print(f"exported    {q.path}")
         else:
@@ -327,13 +385,71 @@ def _num(value: float | None) -> str:
 # --------------------------------------------------------------------------------------- parser
 
 
+class _Archs:
+    """The registry's architectures as argparse choices, read when first needed: the registry
+    lives beside the networks, and building the parser must not load torch."""
+
+    def _names(self) -> list[str]:
+        from .model import ARCHS
+
+        return list(ARCHS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
+def _train_fields() -> list[dataclasses.Field]:
+    """TrainConfig's plain fields: each is a ``train`` flag (nested configs have their own)."""
+    return [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, typed and documented by the field itself. Unset flags are
+    None, so the preset, then the YAML, then the flags decide, in that order."""
+    hints = typing.get_type_hints(TrainConfig)
+    kinds = {"positive": _positive_int, "image_size": _image_size}
+    choices = {"archs": _Archs(), "presets": list(PRESETS)}
+    for f in _train_fields():
+        flag, meta, kind = "--" + f.name.replace("_", "-"), f.metadata, hints[f.name]
+        if kind is bool:
+            if f.default:
+                p.add_argument(
+                    f"--no-{flag[2:]}",
+                    dest=f.name,
+                    action="store_false",
+                    default=None,
+                    help=f"do not {meta['help']}",
+                )
+            else:
+                p.add_argument(flag, action="store_true", default=None, help=meta["help"])
+            continue
+        if typing.get_origin(kind) is list:
+            p.add_argument(flag, type=lambda text: text.split(","), help=meta["help"])
+            continue
+        base = next(t for t in (int, float, str) if t == kind or t in typing.get_args(kind))
+        options = choices.get(meta.get("choices"), meta.get("choices"))
+        lazy = isinstance(options, _Archs)  # a metavar, so that argparse lists them only in help
+        p.add_argument(
+            flag,
+            type=kinds.get(meta.get("kind"), base),
+            choices=options,
+            metavar=f.name.upper() if lazy else None,
+            help=meta["help"],
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cardiomegaly",
         description="Detect cardiomegaly on chest X-rays. Research tool, not a medical device.",
     )
     parser.add_argument("--version", action="version", version=f"cardiomegaly {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log details")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("synth", help="write synthetic chest-film phantoms with known CTR")
@@ -360,36 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train a model; writes a run folder")
-    p.add_argument("--data", help="data folder, CSV, data YAML, or 'synthetic'")
-    p.add_argument("--preset", choices=["demo"], help="demo: phantoms, 128 px, 12 epochs")
     p.add_argument("--config", metavar="YAML", help="a TrainConfig YAML (flags override it)")
-    p.add_argument("--weights", help="imagenet (default), none, or a weights / model file")
-    p.add_argument("--arch", choices=["inception_v3", "densenet121", "resnet50"])
-    p.add_argument("--image-size", type=_image_size)
-    p.add_argument("--resize", choices=["pad", "squash"])
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--head-epochs", type=int, help="stage 1 epochs (head only) (3)")
-    p.add_argument("--unfreeze", help="stage 2 blocks, comma-separated, or 'all' (Mixed_6,Mixed_7)")
-    p.add_argument("--lr", type=float, help="head / from-scratch learning rate (1e-3)")
-    p.add_argument("--backbone-lr", type=float, help="stage 2 backbone learning rate (1e-4)")
-    p.add_argument("--schedule", choices=["cosine", "plateau"])
-    p.add_argument("--patience", type=_positive_int, help="early stopping patience (8)")
-    p.add_argument("--balanced-sampler", action="store_true", help="instead of loss weighting")
-    p.add_argument("--aux-logits", action="store_true", help="InceptionV3 auxiliary loss (299 px)")
+    _add_train_flags(p)
     p.add_argument("--hflip", action="store_true", help="allow horizontal flips (off: anatomy)")
-    p.add_argument("--threshold-rule", help="youden (default), sens90, spec90 or fixed:X")
-    p.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="fit temperature scaling on validation; store it in the model file",
-    )
     p.add_argument("--views", nargs="+", choices=["PA", "AP"], help="keep only these views")
     p.add_argument("--split-file", metavar="FILE", help="reuse a saved splits.csv")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--workers", type=int, help="data-loading processes (0)")
-    p.add_argument("--cache-dir", help="preprocessing cache (default: user cache folder)")
     p.add_argument("--out", help="run folder (default runs/train/expN)")
     p.add_argument("--resume", metavar="DIR", help="continue a killed run from DIR/last.pt")
     p.set_defaults(func=cmd_train)
@@ -397,11 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics with intervals, plots and report.html")
     p.add_argument("models", nargs="+", metavar="MODEL", help="a model file; two to compare")
     p.add_argument("--data", required=True, help="data folder, CSV, data YAML, or 'synthetic'")
-    p.add_argument("--split", choices=["test", "val", "all"], default="test",
-                   help="test or val of the model's own split, or all records (test)")  # fmt: skip
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "all"],
+        default="test",
+        help="test or val of the model's own split, or all records (test)",
+    )
     p.add_argument("--out", help="folder to write (default runs/evaluate/expN)")
-    p.add_argument("--bootstrap", type=_positive_int, default=2000,
-                   help="patient bootstrap resamples (2000)")  # fmt: skip
+    p.add_argument(
+        "--bootstrap", type=_positive_int, default=2000, help="patient bootstrap resamples (2000)"
+    )
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--cache-dir", help="preprocessing cache (default: user cache folder)")
@@ -414,21 +510,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--workers", type=_positive_int, help="decoding threads (up to 4)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
-                   help="auto: ONNX Runtime on the CPU when the model.onnx beside MODEL is its "
-                        "export (training writes one), else PyTorch (auto)")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="auto: ONNX Runtime on the CPU when the model.onnx beside MODEL is its "
+        "export (training writes one), else PyTorch (auto)",
+    )
     p.add_argument("--cam", metavar="DIR", help="also write Grad-CAM overlays into this new folder")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="Grad-CAM overlays and localisation against heart boxes")
     p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")
     p.add_argument("--data", required=True, help="data folder, CSV, data YAML, or 'synthetic'")
-    p.add_argument("--split", choices=["test", "val", "all"], default="test",
-                   help="test or val of the model's own split, or all records (test)")  # fmt: skip
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "all"],
+        default="test",
+        help="test or val of the model's own split, or all records (test)",
+    )
     p.add_argument("--out", help="folder to write (default runs/explain/expN)")
     p.add_argument("--layer", help="Grad-CAM layer (default: the last block with >= 8 x 8 cells)")
-    p.add_argument("--bootstrap", type=_positive_int, default=2000,
-                   help="patient bootstrap resamples for the IoU interval (2000)")  # fmt: skip
+    p.add_argument(
+        "--bootstrap",
+        type=_positive_int,
+        default=2000,
+        help="patient bootstrap resamples for the IoU interval (2000)",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=cmd_explain)
@@ -437,9 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     p.add_argument("--out", help="file to write (default: beside MODEL)")
-    p.add_argument("--int8", action="store_true",
-                   help="also a static int8 ONNX model, calibrated on training images; kept only "
-                        "if validation AUROC moves by at most 0.005")  # fmt: skip
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also a static int8 ONNX model, calibrated on training images; kept only "
+        "if validation AUROC moves by at most 0.005",
+    )
     p.add_argument("--data", help="the model's training data (for --int8)")
     p.set_defaults(func=cmd_export)
 
@@ -453,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo", help="the whole flow on phantoms, end to end (about 7 min on 2 "
-                                    "CPU cores)")  # fmt: skip
+    p = sub.add_parser(
+        "demo", help="the whole flow on phantoms, end to end (about 7 min on 2 CPU cores)"
+    )
     p.add_argument("--out", help="demo folder (default runs/demo/demoN)")
     p.add_argument("--n", type=_positive_int, default=600, help="number of phantoms (600)")
     p.add_argument("--size", type=_image_size, default=192, help="phantom size (192)")
@@ -469,9 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cardiomegaly`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    _configure_logging(verbose=args.verbose, quiet=args.quiet)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
@@ -492,6 +602,47 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+class _Stdout(logging.Handler):
+    """The package's log records as the command's output lines, on whatever ``sys.stdout`` is now
+    (errors go to stderr from :func:`main`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stdout.write(self.format(record) + "\n")
+            sys.stdout.flush()
+        except Exception:
+            self.handleError(record)
+
+
+class _OneLine(logging.Formatter):
+    """Third-party records in one line, without tracebacks: the tool reports those failures
+    itself (as error rows, skipped films, or one error line)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.name}: {record.getMessage()}"
+
+
+def _configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """The package logs; the CLI shows it. Default: the package's INFO lines (what a run prints);
+    -q: warnings only; -v: the package's DEBUG and other libraries' INFO, one line each."""
+    ours = logging.getLogger("cardiomegaly")
+    for handler in [h for h in ours.handlers if isinstance(h, _Stdout)]:
+        ours.removeHandler(handler)  # main() may run many times in one process (tests, demo)
+    handler = _Stdout()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h.formatter, _OneLine)]:
+        root.removeHandler(old)
+    if verbose:
+        others = logging.StreamHandler(sys.stderr)
+        others.setFormatter(_OneLine())
+        others.addFilter(lambda record: not record.name.startswith("cardiomegaly"))
+        root.addHandler(others)
+        root.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,21 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
+from .fileio import atomic_write_text
 
 T = TypeVar("T")
 
 FORMATS = ("nih", "chexpert", "mimic", "csv", "folder", "synthetic")
 RESIZE_POLICIES = ("pad", "squash")
+SCHEDULES = ("cosine", "plateau")
+DEVICES = ("auto", "cpu", "cuda")
+THRESHOLD_RULES = ("youden", "sens90", "spec90")
+
+
+def _opt(default: Any, help: str, **cli: Any) -> Any:
+    """A config field with the help text (and command-line hints) that its flag shows."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
@@ -161,31 +170,44 @@ PRESETS: dict[str, dict[str, Any]] = {
 class TrainConfig:
     """Everything one training run needs; saved as ``config.yaml`` in the run folder."""
 
-    data: str = ""
-    arch: str = "inception_v3"
-    weights: str = "imagenet"  # imagenet | none | path to a weights or model file
-    image_size: int = 299
-    resize: str = "pad"
-    epochs: int = 30
-    batch_size: int = 32
-    head_epochs: int = 3  # stage 1: head only, backbone frozen (with pretrained weights)
-    unfreeze: list[str] = field(default_factory=lambda: ["Mixed_6", "Mixed_7"])  # or ["all"]
-    lr: float = 1e-3  # head (stage 1), and the whole network when training from scratch
-    backbone_lr: float = 1e-4  # unfrozen blocks in stage 2
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | plateau
-    patience: int = 8  # early stopping on validation AUROC
-    dropout: float = 0.5
-    aux_logits: bool = False  # InceptionV3's auxiliary classifier (loss weight 0.4); 299 px
-    balanced_sampler: bool = False  # instead of the positive class weight in the loss
-    threshold_rule: str = "youden"
-    calibrate: bool = False  # temperature scaling fitted on validation, stored in the model file
-    export_onnx: bool = True  # model.onnx beside the model file: predict's fast CPU path
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    workers: int = 0
-    cache_dir: str | None = None
-    preset: str | None = None
+    data: str = _opt("", "data folder, CSV, data YAML, or 'synthetic'")
+    arch: str = _opt("inception_v3", "backbone: %(choices)s (inception_v3)", choices="archs")
+    weights: str = _opt("imagenet", "imagenet (default), none, or a weights / model file")
+    image_size: int = _opt(299, "model input, pixels per side (299)", kind="image_size")
+    resize: str = _opt(
+        "pad", "pad: keep the aspect ratio; squash: stretch (pad)", choices=RESIZE_POLICIES
+    )
+    epochs: int = _opt(30, "epochs (30)", kind="positive")
+    batch_size: int = _opt(32, "images per batch (32)", kind="positive")
+    head_epochs: int = _opt(
+        3, "stage 1 epochs: head only, backbone frozen, with pretrained weights (3)"
+    )
+    unfreeze: list[str] = field(
+        default_factory=lambda: ["Mixed_6", "Mixed_7"],
+        metadata={"help": "stage 2 blocks, comma-separated, or 'all' (Mixed_6,Mixed_7)"},
+    )
+    lr: float = _opt(1e-3, "head (stage 1) and from-scratch learning rate (1e-3)")
+    backbone_lr: float = _opt(1e-4, "learning rate of the unfrozen blocks in stage 2 (1e-4)")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay (1e-4)")
+    schedule: str = _opt("cosine", "learning-rate schedule (cosine)", choices=SCHEDULES)
+    patience: int = _opt(
+        8, "early stopping on validation AUROC after this many epochs (8)", kind="positive"
+    )
+    dropout: float = _opt(0.5, "dropout before the output layer (0.5)")
+    aux_logits: bool = _opt(False, "InceptionV3's auxiliary classifier, loss weight 0.4 (299 px)")
+    balanced_sampler: bool = _opt(False, "balanced batches instead of the loss weight")
+    threshold_rule: str = _opt("youden", "youden (default), sens90, spec90 or fixed:X")
+    calibrate: bool = _opt(
+        False, "fit temperature scaling on validation; store it in the model file"
+    )
+    export_onnx: bool = _opt(
+        True, "write model.onnx beside the model file: predict's fast CPU path"
+    )
+    seed: int = _opt(0, "random seed (0)")
+    device: str = _opt("auto", "auto: CUDA when there is one (auto)", choices=DEVICES)
+    workers: int = _opt(0, "data-loading processes (0)")
+    cache_dir: str | None = _opt(None, "preprocessing cache (default: user cache folder)")
+    preset: str | None = _opt(None, "demo: phantoms, 128 px, 12 epochs", choices="presets")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data_config: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -213,21 +235,41 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.head_epochs < 0 or self.patience < 1 or self.workers < 0:
             raise ConfigError("head_epochs and workers must be >= 0, patience >= 1")
-        if self.schedule not in ("cosine", "plateau"):
-            raise ConfigError(_unknown("schedule", self.schedule, ("cosine", "plateau")))
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(_unknown("device", self.device, ("auto", "cpu", "cuda")))
-        if self.threshold_rule not in ("youden", "sens90", "spec90") and not str(
-            self.threshold_rule
-        ).startswith("fixed:"):
-            raise ConfigError(
-                f"threshold_rule: unknown value '{self.threshold_rule}' "
-                "(choose youden, sens90, spec90 or fixed:X)"
-            )
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(_unknown("schedule", self.schedule, SCHEDULES))
+        if self.device not in DEVICES:
+            raise ConfigError(_unknown("device", self.device, DEVICES))
+        check_threshold_rule(self.threshold_rule)
         if self.aux_logits and (self.arch != "inception_v3" or self.image_size < 299):
             raise ConfigError("aux_logits needs --arch inception_v3 and --image-size 299 or more")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
+
+
+def check_threshold_rule(rule: str) -> None:
+    """A rule by name, or ``fixed:X`` with X a probability; anything else fails now, not after
+    the whole run.
+
+    >>> check_threshold_rule("fixed:0.3")
+    >>> check_threshold_rule("fixed:1.5")
+    Traceback (most recent call last):
+    ...
+    cardiomegaly.errors.ConfigError: threshold_rule: fixed:1.5 is not a probability in [0, 1]
+    """
+    rule = str(rule)
+    if rule in THRESHOLD_RULES:
+        return
+    if rule.startswith("fixed:"):
+        try:
+            value = float(rule[len("fixed:") :])
+        except ValueError:
+            value = float("nan")
+        if not 0 <= value <= 1:  # NaN fails here too
+            raise ConfigError(f"threshold_rule: {rule} is not a probability in [0, 1]")
+        return
+    raise ConfigError(
+        f"threshold_rule: unknown value '{rule}' (choose {', '.join(THRESHOLD_RULES)} or fixed:X)"
+    )
 
 
 def _unknown(what: str, value: Any, choices: typing.Iterable[str]) -> str:
@@ -243,9 +285,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     >>> from_dict(SplitConfig, {"seed": 3}).seed
     3
     """
-    data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):  # `split: 0.7` where a mapping belongs
+        label = where.rstrip(". ").rstrip(":") or cls.__name__
+        raise ConfigError(f"{label}: expected a mapping of keys to values, not {data!r}")
+    data = dict(data)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
@@ -281,7 +326,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"{path}: not a readable YAML file ({first})") from None
     if data is None:
         raise ConfigError(f"{path}: is empty; give a YAML mapping of keys to values")
@@ -292,7 +337,5 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def save_yaml(obj: Any, path: str | Path) -> None:
     """Write a dataclass (or dict) as YAML, atomically."""
-    from .fileio import atomic_write_text
-
     data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

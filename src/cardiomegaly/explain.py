@@ -17,17 +17,22 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from tqdm.auto import tqdm
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from .data.preprocess import box_to_square, prepare_file_with_meta, to_float
+from .data.split import select_records
 from .errors import ImageError, UserError
 from .evaluate.metrics import patient_resamples, percentile_interval, wilson
 from .fileio import atomic_open, atomic_write_text, fresh_folder, next_run_folder
 from .model import ARCHS, read_metadata
-from .predict import Classifier, Prediction, to_device
+from .predict import Classifier, Prediction
+from .progress import progress_bar
+from .runtime import to_device
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +51,12 @@ def cam_layer(clf: Classifier) -> str:
         raise UserError("Grad-CAM needs the PyTorch model file (model.safetensors), not ONNX")
     candidates = ARCHS[clf.model.arch].cam_layers
     sizes: dict[str, int] = {}
-    hooks = [clf.model.net.get_submodule(name).register_forward_hook(
-        lambda _m, _i, out, name=name: sizes.__setitem__(name, min(out.shape[-2:])))
-        for name in candidates]  # fmt: skip
+    hooks = [
+        clf.model.net.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: sizes.__setitem__(name, min(out.shape[-2:]))
+        )
+        for name in candidates
+    ]
     try:
         with torch.no_grad():
             clf.model(torch.zeros(1, 1, clf.image_size, clf.image_size, device=clf.device))
@@ -63,9 +71,6 @@ def heatmaps(clf: Classifier, images: np.ndarray, layer: str | None = None) -> n
 
     ``layer`` is a module name inside the backbone; by default :func:`cam_layer` chooses.
     """
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
-
     name = layer or cam_layer(clf)
     try:
         target = clf.model.net.get_submodule(name)
@@ -86,8 +91,6 @@ def overlay(
 ) -> Image.Image:
     """The radiograph with the heatmap over it, the box (if any) in green, and the probability
     against the threshold in the top-left corner."""
-    import matplotlib
-
     grey = Image.fromarray(np.round(image * 255).astype(np.uint8)).resize((size, size))
     heat_big = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize((size, size)))
     heat_big = np.clip(heat_big, 0, 1)
@@ -124,7 +127,7 @@ def write_overlays(
     written: list[Path] = []
     names: set[str] = set()
     layer = cam_layer(clf)
-    bar = tqdm(total=len(scored), desc="grad-cam", unit="img", disable=not progress)
+    bar = progress_bar(total=len(scored), desc="grad-cam", enabled=progress)
     it = iter(scored)
     while chunk := list(islice(it, batch_size)):
         images = np.stack([clf.preprocess(p.path) for p in chunk])
@@ -201,8 +204,6 @@ def explain(
     """Overlays for the records of ``split`` and, where they have heart boxes, localisation:
     pointing-game hit rate and mean IoU, against a uniformly random point and a centred box.
     """
-    from .evaluate.run import select_records
-
     meta = read_metadata(model)
     _, table, description = select_records(model, meta, data, split)
     clf = Classifier.load(model, device=device, backend="torch")  # Grad-CAM needs gradients
@@ -214,7 +215,9 @@ def explain(
     skipped: list[dict[str, str]] = []
     names: set[str] = set()
     sheet: list[Image.Image] = []
-    bar = tqdm(total=len(table), desc="explain", unit="img")
+    # The contact sheet shows boxed films where the data has boxes, any films where it has none.
+    has_boxes = bool(table["box_x"].notna().any())
+    bar = progress_bar(total=len(table), desc="explain")
     for start in range(0, len(table), batch_size):
         chunk = table.iloc[start : start + batch_size]
         images, metas, kept = [], [], []
@@ -232,8 +235,9 @@ def explain(
             continue
         batch = np.stack(images)
         probs = clf.probabilities(batch)
-        for row, image, heat, p, image_meta in zip(kept, batch, heatmaps(clf, batch, layer), probs,
-                                                   metas, strict=True):  # fmt: skip
+        for row, image, heat, p, image_meta in zip(
+            kept, batch, heatmaps(clf, batch, layer), probs, metas, strict=True
+        ):
             prediction = Prediction(row.path, float(p), int(p >= clf.threshold), clf.threshold)
             box = None
             raw = (row.box_x, row.box_y, row.box_w, row.box_h)
@@ -241,24 +245,37 @@ def explain(
                 box = box_to_square(raw, image_meta.width, image_meta.height, size, clf.resize)
             picture = overlay(image, heat, prediction, box)
             _save_png(picture, folder / "overlays" / _unique_name(Path(row.path).stem, names))
-            if len(sheet) < 24 and (box is not None or "box_x" not in table):
+            if len(sheet) < 24 and (box is not None or not has_boxes):
                 sheet.append(picture.resize((256, 256)))
-            entry = {"path": row.path, "patient": row.patient, "label": int(row.label),
-                     "probability": round(float(p), 6), "box": box is not None}  # fmt: skip
+            entry = {
+                "path": row.path,
+                "patient": row.patient,
+                "label": int(row.label),
+                "probability": round(float(p), 6),
+                "box": box is not None,
+            }
             if box is not None:
                 hit, iou = localisation(heat, box)
                 point = rng.uniform(0, size, 2)
-                entry.update(hit=hit, iou=iou,
-                             random_hit=bool(_box_mask((size, size), box)[int(point[1]),
-                                                                            int(point[0])]),
-                             centre_hit=bool(_box_mask((size, size), box)[size // 2, size // 2]),
-                             box_model_px=[round(v, 2) for v in box])  # fmt: skip
+                entry.update(
+                    hit=hit,
+                    iou=iou,
+                    random_hit=bool(_box_mask((size, size), box)[int(point[1]), int(point[0])]),
+                    centre_hit=bool(_box_mask((size, size), box)[size // 2, size // 2]),
+                    box_model_px=[round(v, 2) for v in box],
+                )
             rows.append(entry)
     bar.close()
     summary = _summarise(rows, size, n_boot, seed)
-    summary.update(model=str(model), data=str(data), split=split, split_description=description,
-                   layer=layer, skipped=skipped,
-                   heat_threshold=HEAT_THRESHOLD)  # fmt: skip
+    summary.update(
+        model=str(model),
+        data=str(data),
+        split=split,
+        split_description=description,
+        layer=layer,
+        skipped=skipped,
+        heat_threshold=HEAT_THRESHOLD,
+    )
     atomic_write_text(folder / "explain.json", json.dumps(summary, indent=2) + "\n")
     _write_rows(folder / "explain.csv", rows)
     if sheet:
@@ -275,39 +292,61 @@ def _summarise(rows: list[dict[str, Any]], size: int, n_boot: int, seed: int) ->
 
     def rate(key: str) -> dict[str, Any]:
         hits = sum(r[key] for r in boxed)
-        return {"value": hits / len(boxed), "ci95": list(wilson(hits, len(boxed))),
-                "hits": hits, "n": len(boxed)}  # fmt: skip
+        return {
+            "value": hits / len(boxed),
+            "ci95": list(wilson(hits, len(boxed))),
+            "hits": hits,
+            "n": len(boxed),
+        }
 
     # Centred box: the mean box size, centred: what "the heart is in the middle" scores.
     w = float(np.mean([r["box_model_px"][2] for r in boxed]))
     h = float(np.mean([r["box_model_px"][3] for r in boxed]))
     centred = _box_mask((size, size), ((size - w) / 2, (size - h) / 2, w, h))
-    centred_iou = np.array([_iou(centred, _box_mask((size, size), r["box_model_px"]))
-                            for r in boxed])  # fmt: skip
+    centred_iou = np.array(
+        [_iou(centred, _box_mask((size, size), r["box_model_px"])) for r in boxed]
+    )
     iou = np.array([r["iou"] for r in boxed])
     patients = [str(r["patient"]) for r in boxed]
     labels = [r["label"] for r in boxed]
 
     def mean_with_ci(values: np.ndarray) -> dict[str, Any]:
-        boots = [np.average(values, weights=wt) for wt in
-                 patient_resamples(patients, labels, n_boot, seed) if wt.sum() > 0]  # fmt: skip
+        boots = [
+            np.average(values, weights=wt)
+            for wt in patient_resamples(patients, labels, n_boot, seed)
+            if wt.sum() > 0
+        ]
         return {"value": float(values.mean()), "ci95": percentile_interval(np.array(boots))}
 
     return {
         **summary,
-        "pointing_game": {"gradcam": rate("hit"), "random_point": rate("random_hit"),
-                          "centre_point": rate("centre_hit")},
+        "pointing_game": {
+            "gradcam": rate("hit"),
+            "random_point": rate("random_hit"),
+            "centre_point": rate("centre_hit"),
+        },
         "mean_iou": {"gradcam": mean_with_ci(iou), "centred_box": mean_with_ci(centred_iou)},
-        "methods": ("pointing game: the heatmap's maximum inside the heart box (Wilson interval); "
-                    f"IoU: heatmap >= {HEAT_THRESHOLD} x its maximum against the box (patient "
-                    "bootstrap interval); baselines: one uniformly random point per image, the "
-                    "image centre, and a box of the mean box size centred in the image"),
-    }  # fmt: skip
+        "methods": (
+            "pointing game: the heatmap's maximum inside the heart box (Wilson interval); "
+            f"IoU: heatmap >= {HEAT_THRESHOLD} x its maximum against the box (patient "
+            "bootstrap interval); baselines: one uniformly random point per image, the "
+            "image centre, and a box of the mean box size centred in the image"
+        ),
+    }
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns = ["path", "patient", "label", "probability", "box", "hit", "iou", "random_hit",
-               "centre_hit"]  # fmt: skip
+    columns = [
+        "path",
+        "patient",
+        "label",
+        "probability",
+        "box",
+        "hit",
+        "iou",
+        "random_hit",
+        "centre_hit",
+    ]
     with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -17,27 +17,39 @@ import json
 import logging
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from scipy.special import expit
 
+from .artifacts import METADATA_KEY, is_export_of, read_onnx_metadata
+from .data.phantom import sample_films
+from .data.split import select_records
 from .errors import UserError
+from .evaluate.metrics import auroc
 from .fileio import FILE_MODE, sha256_of
-
-if TYPE_CHECKING:  # torch loads only to export: is_export_of serves torch-free prediction
-    import torch
-
-    from .model import CardioNet
+from .model import CardioNet, load_model
+from .predict import Classifier
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
-METADATA_KEY = "cardiomegaly"
 
 
 @dataclass
@@ -71,11 +83,6 @@ def export(
     again = format == "onnx" and is_export_of(out, model)  # e.g. the one training wrote
     if out.exists() and not again:
         raise UserError(f"{out}: exists; give another --out (nothing was changed)")
-    import torch
-
-    from .data.phantom import sample_films
-    from .model import load_model
-
     net, meta = load_model(model)
     # Which model file this is an export of: predict's default backend uses a model.onnx only
     # when it matches the model file beside it byte for byte.
@@ -89,8 +96,10 @@ def export(
         got = _onnx_logits(out, x)
         difference = float(np.abs(_sigmoid(got) - _sigmoid(reference)).max())
         if difference > PARITY_TOLERANCE:
-            raise UserError(f"{out}: an export of {model} that differs from it by "
-                            f"{difference:.2e}; delete it and export again")  # fmt: skip
+            raise UserError(
+                f"{out}: an export of {model} that differs from it by "
+                f"{difference:.2e}; delete it and export again"
+            )
         return ExportResult(out, format, difference, samples)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,15 +125,19 @@ def export(
 
 
 def _export_onnx(net: CardioNet, meta: dict[str, Any], x: torch.Tensor, path: Path) -> np.ndarray:
-    import onnx
-    import torch
-
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(net, (x,), dynamo=True, opset_version=OPSET,
-                                    input_names=["image"], output_names=["logit"],
-                                    dynamic_shapes={"x": {0: batch}}, verbose=False)  # fmt: skip
+        program = torch.onnx.export(
+            net,
+            (x,),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=["logit"],
+            dynamic_shapes={"x": {0: batch}},
+            verbose=False,
+        )
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
     onnx.save(proto, str(path))
@@ -132,8 +145,6 @@ def _export_onnx(net: CardioNet, meta: dict[str, Any], x: torch.Tensor, path: Pa
 
 
 def _onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
-    import onnxruntime as ort
-
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {"image": x.numpy()})[0]
 
@@ -141,8 +152,6 @@ def _onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
 def _export_torchscript(
     net: CardioNet, meta: dict[str, Any], x: torch.Tensor, path: Path
 ) -> np.ndarray:
-    import torch
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream; it still serves C++
         traced = torch.jit.trace(net, x)
@@ -195,17 +204,6 @@ def quantize_int8(
     validation split: written to ``out`` (``model.int8.onnx``) only if AUROC moves by at most
     0.005.
     """
-    import time
-
-    import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from .evaluate.metrics import auroc
-    from .evaluate.run import select_records
-    from .predict import Classifier
-
     onnx_fp32 = Path(onnx_fp32)
     out = Path(out) if out else onnx_fp32.with_name(onnx_fp32.name.split(".")[0] + ".int8.onnx")
     if out.exists():
@@ -216,8 +214,11 @@ def quantize_int8(
     _, val_table, _ = select_records(model, meta, data, "val")
     rng = np.random.default_rng(0)
     picks = rng.choice(len(train_table), min(calibration, len(train_table)), replace=False)
-    calib = [p for p in fp32.predict_many(list(train_table["path"].iloc[np.sort(picks)]))
-             if p.error is None]  # fmt: skip
+    calib = [
+        p
+        for p in fp32.predict_many(list(train_table["path"].iloc[np.sort(picks)]))
+        if p.error is None
+    ]
     calib_images = np.stack([fp32.preprocess(p.path) for p in calib])[:, None]
 
     class _Reader(CalibrationDataReader):
@@ -234,13 +235,26 @@ def quantize_int8(
         quantized = Path(tmp) / "int8.onnx"
         quantize_static(str(prepared), str(quantized), _Reader(), **int8_settings())
         proto = onnx.load(str(quantized))
-        onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(
-            {**meta, "quantization": {"type": "static QDQ, uint8 activations, per-channel "
-                                              "7-bit int8 weights",
-                                      "calibration_images": len(calib_images)}})})  # fmt: skip
+        onnx.helper.set_model_props(
+            proto,
+            {
+                METADATA_KEY: json.dumps(
+                    {
+                        **meta,
+                        "quantization": {
+                            "type": "static QDQ, uint8 activations, per-channel 7-bit int8 weights",
+                            "calibration_images": len(calib_images),
+                        },
+                    }
+                )
+            },
+        )
         onnx.save(proto, str(quantized))
-        int8 = Classifier(None, meta, session=ort.InferenceSession(
-            str(quantized), providers=["CPUExecutionProvider"]))  # fmt: skip
+        int8 = Classifier(
+            None,
+            meta,
+            session=ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"]),
+        )
 
         val_paths = list(val_table["path"])
         images = np.stack([fp32.preprocess(p) for p in val_paths])
@@ -249,12 +263,23 @@ def quantize_int8(
         for name, clf in (("fp32", fp32), ("int8", int8)):
             clf.probabilities(images[:batch_size])  # warm-up
             start = time.perf_counter()
-            scores[name] = np.concatenate([clf.probabilities(images[i : i + batch_size])
-                                           for i in range(0, len(images), batch_size)])  # fmt: skip
+            scores[name] = np.concatenate(
+                [
+                    clf.probabilities(images[i : i + batch_size])
+                    for i in range(0, len(images), batch_size)
+                ]
+            )
             speed[name] = len(images) / (time.perf_counter() - start)
         aurocs = {name: auroc(labels, score) for name, score in scores.items()}
-        result = Int8Result(None, aurocs["fp32"], aurocs["int8"], speed["fp32"], speed["int8"],
-                            len(calib_images), len(images))  # fmt: skip
+        result = Int8Result(
+            None,
+            aurocs["fp32"],
+            aurocs["int8"],
+            speed["fp32"],
+            speed["int8"],
+            len(calib_images),
+            len(images),
+        )
         if int8_acceptable(result.val_auroc_fp32, result.val_auroc_int8):
             os.chmod(quantized, FILE_MODE)
             os.replace(quantized, out)
@@ -272,46 +297,14 @@ def int8_settings() -> dict[str, Any]:
     >>> int8_settings()["per_channel"]
     True
     """
-    from onnxruntime.quantization import QuantFormat, QuantType
-
-    return {"quant_format": QuantFormat.QDQ, "per_channel": True, "reduce_range": True,
-            "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8}  # fmt: skip
-
-
-def is_export_of(onnx_path: str | Path, model_path: str | Path) -> bool:
-    """Whether ``onnx_path`` was exported from ``model_path`` as it is now (same bytes).
-
-    >>> is_export_of("nowhere/model.onnx", "nowhere/model.safetensors")
-    False
-    """
-    onnx_path, model_path = Path(onnx_path), Path(model_path)
-    if not onnx_path.is_file() or not model_path.is_file():
-        return False
-    try:
-        source = read_onnx_metadata(onnx_path).get("exported_from", {}).get("sha256")
-    except UserError:
-        return False
-    matches = source == sha256_of(model_path)
-    if not matches:
-        log.info("%s is not an export of %s as it is now", onnx_path, model_path)
-    return matches
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The model metadata inside an ONNX file written by :func:`export`."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        raise UserError(f"{path}: not a readable ONNX file") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in props:
-        raise UserError(f"{path}: an ONNX file, but not one exported by cardiomegaly")
-    return json.loads(props[METADATA_KEY])
+    return {
+        "quant_format": QuantFormat.QDQ,
+        "per_channel": True,
+        "reduce_range": True,
+        "activation_type": QuantType.QUInt8,
+        "weight_type": QuantType.QInt8,
+    }
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    from scipy.special import expit  # no overflow warning for saturated logits
-
-    return expit(z.astype(np.float64))
+    return expit(z.astype(np.float64))  # no overflow warning for saturated logits

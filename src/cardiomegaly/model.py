@@ -22,9 +22,11 @@ from typing import Any
 
 import torch
 import torchvision
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import CLASS_NAMES
+from .config import CLASS_NAMES, PreprocessConfig
 from .errors import UserError
 from .fileio import FILE_MODE, sha256_of
 
@@ -117,7 +119,7 @@ class CardioNet(nn.Module):
 
     Channel replication and intensity normalisation happen here and nowhere else. ``forward``
     returns logits of shape (B,) in train and eval mode alike; the auxiliary logits (InceptionV3,
-    training only) come from :meth:`forward_with_aux`.
+    training only) come from ``forward(x, with_aux=True)``.
     """
 
     def __init__(self, arch: str = "inception_v3", dropout: float = 0.5, aux_logits: bool = False):
@@ -273,8 +275,12 @@ def load_weights(model: CardioNet, source: str) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise UserError(f"{path}: not a PyTorch state dict")
     _load_backbone(model, state, str(path))
-    return {"source": "file", "file": path.name, "sha256": digest,
-            "torchvision_published": path.name == published}  # fmt: skip
+    return {
+        "source": "file",
+        "file": path.name,
+        "sha256": digest,
+        "torchvision_published": path.name == published,
+    }
 
 
 def _download_imagenet(spec: Arch, arch: str) -> dict[str, torch.Tensor]:
@@ -331,15 +337,16 @@ def _load_exact(net: nn.Module, state: dict[str, torch.Tensor], where: Path) -> 
 
 def save_model(path: str | Path, model: CardioNet, metadata: dict[str, Any]) -> None:
     """Write weights and metadata to one ``model.safetensors``, atomically."""
-    from safetensors.torch import save_file
-
     meta = {
         "format_version": FORMAT_VERSION,
-        "architecture": {"name": model.arch, "dropout": model.dropout_p,
-                         "aux_logits": model.aux_logits},
+        "architecture": {
+            "name": model.arch,
+            "dropout": model.dropout_p,
+            "aux_logits": model.aux_logits,
+        },
         "classes": CLASS_NAMES,
         **metadata,
-    }  # fmt: skip
+    }
     state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -356,8 +363,6 @@ def save_model(path: str | Path, model: CardioNet, metadata: dict[str, Any]) -> 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a model file, without loading its weights."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: model file not found")
@@ -387,8 +392,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
     """The fields every consumer relies on have the types and ranges training writes."""
-    from .config import PreprocessConfig
-
     try:
         if meta["architecture"]["name"] not in ARCHS:
             raise ValueError(f"unknown architecture {meta['architecture']['name']!r}")
@@ -411,8 +414,6 @@ def is_model_file(path: str | Path) -> bool:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
-
     meta = read_metadata(path)
     try:
         state = load_file(path, device="cpu")
@@ -430,7 +431,8 @@ def load_model(path: str | Path) -> tuple[CardioNet, dict[str, Any]]:
     """
     state, meta = _read_safetensors(Path(path))
     arch = meta["architecture"]
-    model = CardioNet(arch["name"], dropout=arch.get("dropout", 0.5),
-                      aux_logits=arch.get("aux_logits", False))  # fmt: skip
+    model = CardioNet(
+        arch["name"], dropout=arch.get("dropout", 0.5), aux_logits=arch.get("aux_logits", False)
+    )
     _load_exact(model.net, state, Path(path))
     return model.eval(), meta

@@ -1,7 +1,6 @@
 """Scoring: a model and images in, probabilities out, with the model file's own preprocessing.
 
-The :class:`Classifier` is what ``predict``, ``explain`` and ``serve`` use; ``score_dataset``
-scores a records table through the preprocessing cache (training and evaluation).
+The :class:`Classifier` is what ``predict``, ``explain`` and ``serve`` use.
 
 >>> clf = Classifier.load("runs/train/exp/model.safetensors")     # doctest: +SKIP
 >>> clf.predict("film.dcm")                                         # doctest: +SKIP
@@ -10,8 +9,9 @@ Prediction(path='film.dcm', probability=0.83, label=1, threshold=0.41, error=Non
 
 from __future__ import annotations
 
+import csv
 import glob
-import math
+import json
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,138 +22,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image
-from tqdm.auto import tqdm
 
+from .artifacts import probabilities, read_onnx_metadata
 from .config import CLASS_NAMES
-from .data.images import pil_to_float
+from .data.images import IMAGE_SUFFIXES, pil_to_float
 from .data.preprocess import prepare_file, quantize, to_float, to_square
-from .data.records import IMAGE_SUFFIXES
 from .errors import ImageError, UserError
-from .export import read_onnx_metadata
-from .fileio import sha256_of
+from .fileio import atomic_open, atomic_write_text, sha256_of
+from .progress import progress_bar
+from .runtime import autocast, cpu_threads, select_device, to_device
 
-# torch is imported where it is used: on a CPU, predict runs model.onnx on ONNX Runtime and then
-# never loads torch (half a gigabyte of memory, seconds of start-up).
+# torch (and the model module, which needs it) is imported where it is used: on a CPU, predict
+# runs model.onnx on ONNX Runtime and then never loads torch (half a gigabyte, seconds of start-up).
 if TYPE_CHECKING:
-    import torch
-
-    from .data.dataset import XrayDataset
     from .model import CardioNet
-
-
-def cpu_threads(cgroup: str | Path = "/sys/fs/cgroup") -> int:
-    """The threads worth running: the CPUs this process may use, capped by a container's CPU
-    quota (cgroup v2 ``cpu.max``: Docker ``--cpus``, Kubernetes limits), which
-    ``os.cpu_count()`` and torch's default do not see. Oversubscribed threads are slower.
-
-    >>> cpu_threads() >= 1
-    True
-    """
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n = n or 1
-    try:
-        quota, period = (Path(cgroup) / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return n
-
-
-def select_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when there is one, else the CPU. On the CPU, torch's thread pool is cut
-    to :func:`cpu_threads` when it is larger.
-
-    >>> select_device("cpu")
-    device(type='cpu')
-    """
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown device '{device}'; use auto, cpu or cuda")
-    if device == "cpu" or not torch.cuda.is_available():
-        if torch.get_num_threads() > cpu_threads():
-            torch.set_num_threads(cpu_threads())
-        return torch.device("cpu")
-    return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")  # one GPU per rank
-
-
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a batch; on the CPU in channels_last, the layout oneDNN convolutions run fastest in."""
-    import torch
-
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
-
-
-def autocast(device: torch.device):
-    """Mixed precision on CUDA (bfloat16 where supported), full precision on CPU."""
-    import torch
-
-    if device.type != "cuda":
-        return torch.autocast("cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def score_dataset(
-    model: CardioNet,
-    ds: XrayDataset,
-    batch_size: int = 32,
-    device: torch.device | None = None,
-    *,
-    rank: int = 0,
-    world: int = 1,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Logits for every item of ``ds``, in order.
-
-    Under ``torch.distributed`` (``world`` > 1) each rank scores an interleaved shard and all
-    ranks receive the merged result.
-    """
-    import torch
-    import torch.distributed as dist
-    from torch.utils.data import DataLoader, Subset
-
-    device = device or next(model.parameters()).device
-    model.eval()
-    indices = list(range(rank, len(ds), world))
-    loader = DataLoader(Subset(ds, indices), batch_size=batch_size, shuffle=False,
-                        pin_memory=device.type == "cuda")  # fmt: skip
-    out = []
-    for x, _ in tqdm(loader, desc="scoring", unit="batch", leave=False, disable=not progress):
-        with torch.no_grad(), autocast(device):
-            out.append(model(to_device(x, device)).float().cpu())
-    logits = torch.cat(out) if out else torch.empty(0)
-    if world == 1:
-        return logits
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, (indices, logits))
-    merged = torch.empty(len(ds))
-    for idx, part in parts:
-        merged[idx] = part
-    return merged
-
-
-def probabilities(logits: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
-    """Probabilities as the model file defines them: sigmoid(logit / temperature).
-
-    The temperature is 1 unless temperature scaling was fitted on validation at training time.
-
-    >>> import torch
-    >>> probabilities(torch.tensor([0.0, 2.0]), {"calibration": {"temperature": 2.0}})
-    tensor([0.5000, 0.7311])
-    """
-    import torch
-
-    return torch.sigmoid(logits.float() / _temperature(meta))
-
-
-def _temperature(meta: dict[str, Any]) -> float:
-    return float(meta.get("calibration", {}).get("temperature", 1.0))
 
 
 # ------------------------------------------------------------------------------- the Classifier
@@ -226,16 +110,19 @@ class Classifier:
             raise UserError(f"unknown backend '{backend}'; choose auto, torch or onnx")
         if path.suffix == ".onnx":
             backend = "onnx"
-        onnx_path = path if path.suffix == ".onnx" else path.with_name(
-            path.name.split(".")[0] + ".onnx")  # fmt: skip
+        onnx_path = (
+            path if path.suffix == ".onnx" else path.with_name(path.name.split(".")[0] + ".onnx")
+        )
         if backend == "auto" and onnx_path.is_file() and not _cuda_wanted(device):
             session, meta = _export_session(onnx_path, path)
             if session is not None:
                 return cls(None, meta, device, session)
         if backend == "onnx":
             if not onnx_path.is_file():
-                raise UserError(f"{onnx_path}: no ONNX export; make it with "
-                                f"'cardiomegaly export {path} --format onnx'")  # fmt: skip
+                raise UserError(
+                    f"{onnx_path}: no ONNX export; make it with "
+                    f"'cardiomegaly export {path} --format onnx'"
+                )
             return cls(None, read_onnx_metadata(onnx_path), device, _onnx_session(onnx_path))
         from .model import load_model
 
@@ -265,14 +152,12 @@ class Classifier:
         """Probabilities for preprocessed images, shape (B, size, size)."""
         x = np.ascontiguousarray(batch, dtype=np.float32)[:, None]
         if self.session is not None:
-            logits = self.session.run(None, {"image": x})[0].astype(np.float32)
-            with np.errstate(over="ignore"):  # a saturated logit is probability 0 or 1
-                return 1 / (1 + np.exp(-logits / np.float32(_temperature(self.meta))))
+            return probabilities(self.session.run(None, {"image": x})[0], self.meta)
         import torch
 
         with torch.no_grad(), autocast(self.device):
             logits = self.model(to_device(torch.from_numpy(x), self.device)).float().cpu()
-        return probabilities(logits, self.meta).numpy()
+        return probabilities(logits, self.meta)
 
     def predict(
         self, x: ImageInput | Sequence[ImageInput], batch_size: int = 16
@@ -296,7 +181,7 @@ class Classifier:
     ) -> Iterator[Prediction]:
         """Predictions in input order; decoding runs in threads, ahead of the model."""
         decoded = _decode_ahead(items, self._safe_preprocess, workers, window=2 * batch_size)
-        bar = tqdm(total=total, desc="predict", unit="img", disable=not progress)
+        bar = progress_bar(total=total, desc="predict", enabled=progress)
         while chunk := list(islice(decoded, batch_size)):
             good = [arr for _, arr, _ in chunk if arr is not None]
             probs = iter(self.probabilities(np.stack(good)) if good else [])
@@ -327,8 +212,6 @@ def _cuda_wanted(device: str) -> bool:
 def _export_session(onnx_path: Path, model_path: Path) -> tuple[Any, dict[str, Any]]:
     """An ONNX Runtime session of ``onnx_path`` and its metadata when it is an export of
     ``model_path`` as that file is now (its SHA-256 is in the metadata); else (None, {})."""
-    import json
-
     try:
         session = _onnx_session(onnx_path)
         meta = json.loads(session.get_modelmeta().custom_metadata_map["cardiomegaly"])
@@ -340,8 +223,6 @@ def _export_session(onnx_path: Path, model_path: Path) -> tuple[Any, dict[str, A
 
 
 def _onnx_session(path: Path):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = cpu_threads()
     # A memory plan per input shape holds every activation at once: without it, peak memory at
@@ -437,20 +318,14 @@ def predict_files(
 
 def write_predictions(predictions: Sequence[Prediction], out: str | Path) -> None:
     """CSV (path, probability, prediction, threshold, error) or JSON by the file's suffix."""
-    from .fileio import atomic_open, atomic_write_text
-
     out = Path(out)
     rows = [p.to_dict() for p in predictions]
     for row in rows:
         row["prediction"] = row.pop("label")
         row["threshold"] = round(row["threshold"], 6)
     if out.suffix.lower() == ".json":
-        import json
-
         atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
         return
-    import csv
-
     columns = ["path", "probability", "prediction", "threshold", "error"]
     with atomic_open(out, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

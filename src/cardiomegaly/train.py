@@ -20,26 +20,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from . import __version__
-from .config import TrainConfig, from_dict, load_yaml, save_yaml
+from .artifacts import probabilities
+from .config import THRESHOLD_RULES, TrainConfig, from_dict, load_yaml, save_yaml
 from .data.cache import ImageCache
 from .data.dataset import XrayDataset, train_augmentation
-from .data.records import load_records
-from .data.split import patient_split, save_splits
-from .errors import UserError
-from .evaluate.metrics import THRESHOLD_RULES, auroc, choose_threshold, fit_temperature
+from .data.records import Records, load_records
+from .data.split import TEST_SPLIT, patient_split, save_splits
+from .errors import UserError, first_line
+from .evaluate import plots
+from .evaluate.metrics import auroc, choose_threshold, fit_temperature
 from .evaluate.report import write_report
-from .evaluate.run import TEST_SPLIT
+from .export import export
 from .fileio import atomic_open, next_run_folder
-from .model import build_model, load_model, load_weights, preprocessing_for, save_model
-from .predict import autocast, probabilities, score_dataset, select_device, to_device
+from .model import CardioNet, build_model, load_model, load_weights, preprocessing_for, save_model
+from .progress import progress_bar
+from .runtime import autocast, score_dataset, select_device, to_device
 
 log = logging.getLogger(__name__)
 
@@ -92,88 +95,60 @@ def train(
             dist.destroy_process_group()
 
 
+@dataclass
+class _State:
+    """Where a run stands after each epoch; saved in last.pt as plain values (resumable)."""
+
+    epoch: int = 0
+    best_auroc: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    weights: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class _Data:
+    """The records, the three splits of the run, and their datasets."""
+
+    records: Records
+    tables: dict[str, pd.DataFrame]
+    train: XrayDataset
+    val: XrayDataset
+    test: XrayDataset
+
+
+@dataclass
+class _Optim:
+    """Loss, optimiser, learning-rate schedule and loss scaling of one run."""
+
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+
+
 def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _seed(cfg.seed)
     run_dir = Path(resume) if resume else _run_dir(out, ddp)
     if Path(cfg.data).exists():  # a resume from another folder finds the data again
         cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
     # The model first: a missing weights file or an offline download fails in seconds.
     model = build_model(cfg.arch, dropout=cfg.dropout, aux_logits=cfg.aux_logits)
-    weights_info = load_weights(model, cfg.weights) if not resume else {}
+    state = _State(weights=load_weights(model, cfg.weights) if not resume else {})
     if ddp.main and not resume:
-        _check_writable(run_dir)
-        # The model file, last.pt (weights and two Adam moments), model.onnx, and reports.
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        _check_space(run_dir, 5 * weights + 50 * 2**20, "this run")
-        save_yaml(cfg, run_dir / "config.yaml")
-
-    # Data: records, patient-wise split (kept with the run), cache warmed once by rank 0.
-    records = load_records(cfg.data, cfg.data_config)
-    if resume and (run_dir / "splits.csv").is_file():
-        cfg.split.split_file = str(run_dir / "splits.csv")
-    split = patient_split(records, cfg.split)
-    cache = ImageCache(cfg.image_size, cfg.resize, root=cfg.cache_dir)
-    if ddp.main:
-        save_splits(records, split, run_dir / "splits.csv")
-        paths = list(records.table["path"])
-        _check_space(cache.folder, cache.bytes_needed(paths), "the preprocessing cache "
-                     "(--cache-dir chooses another place)")  # fmt: skip
-        bad = cache.warm(paths)
-        for _path, reason in bad:
-            print(f"skipped     {reason}")
-        _write_skipped(run_dir, bad)
-    _barrier(ddp)
-    bad_paths = {path for path, _ in _read_skipped_rows(run_dir)}
-    keep = ~records.table["path"].isin(bad_paths)
-    tables = {name: records.table[keep & (split == name)] for name in ("train", "val", "test")}
-    for name, table in tables.items():
-        if table["label"].nunique() < 2:
-            raise UserError(f"the {name} split has only one class; more data or other fractions")
-    train_ds = XrayDataset(tables["train"], cache, train_augmentation(cfg.augment))
-    val_ds = XrayDataset(tables["val"], cache)
-    test_ds = XrayDataset(tables["test"], cache)
-
-    # Loss and optimisation.
+        _start_run_folder(run_dir, cfg, model)
+    data = _prepare_data(cfg, run_dir, ddp, resume)
     model.to(ddp.device)
     if ddp.device.type == "cpu":
         model.to(memory_format=torch.channels_last)
-    positives = float(tables["train"]["label"].sum())
-    pos_weight = None if cfg.balanced_sampler else (len(train_ds) - positives) / positives
-    criterion = nn.BCEWithLogitsLoss(
-        pos_weight=None if pos_weight is None else torch.tensor(pos_weight, device=ddp.device)
-    )
-
-    # From scratch there is nothing worth freezing: one stage, all layers, lr.
-    stages = _stages(cfg)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.head_parameters(), "lr": cfg.lr},
-            {
-                "params": model.backbone_parameters(),
-                "lr": cfg.lr if cfg.weights == "none" else cfg.backbone_lr,
-            },
-        ],
-        weight_decay=cfg.weight_decay,
-    )
-    scheduler = _scheduler(cfg, optimizer)
-    # Loss scaling only for float16; bfloat16 (where the GPU has it) needs none.
-    fp16 = ddp.device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
-
-    state: dict[str, Any] = {"epoch": 0, "best_auroc": -1.0, "best_epoch": -1, "bad_epochs": 0,
-                             "history": [], "weights": weights_info}  # fmt: skip
+    opt = _optimisation(cfg, model, data, ddp)
     if resume and (run_dir / "last.pt").is_file():  # without it, killed in epoch 1: start over
-        saved = _load_last(run_dir / "last.pt")
-        model.net.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        if ddp.main:
-            print(f"resuming {run_dir} after epoch {state['epoch']}")
+        state = _resume(run_dir, model, opt, ddp)
+    stages = _stages(cfg)
+    board = _tensorboard(run_dir) if ddp.main else None
 
-    for epoch in range(state["epoch"], cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
         stage, blocks = stages[epoch]
         model.set_trainable(blocks)
         net: nn.Module = model
@@ -181,25 +156,30 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
             net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
         # Seeds per epoch: augmentation, dropout and order are the same after a resume.
         torch.manual_seed(cfg.seed * 100_003 + epoch)
-        loader = _train_loader(cfg, train_ds, ddp, epoch)
+        loader = _train_loader(cfg, data.train, ddp, epoch)
         start = time.perf_counter()
 
         # Train one epoch.
         model.train()
         total, logits_seen, labels_seen = 0.0, [], []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}",
-                   disable=not ddp.main, unit="batch", leave=False)  # fmt: skip
+        bar = progress_bar(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs} stage {stage}",
+            unit="batch",
+            every=0,
+            enabled=ddp.main,
+        )
         for x, y in bar:
             x, y = to_device(x, ddp.device), y.to(ddp.device, torch.float32)
             with autocast(ddp.device):
                 logits, aux = net(x, with_aux=True)
-                loss = criterion(logits.float(), y)
+                loss = opt.criterion(logits.float(), y)
                 if aux is not None:
-                    loss = loss + AUX_WEIGHT * criterion(aux.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+                    loss = loss + AUX_WEIGHT * opt.criterion(aux.float(), y)
+            opt.optimizer.zero_grad(set_to_none=True)
+            opt.scaler.scale(loss).backward()
+            opt.scaler.step(opt.optimizer)
+            opt.scaler.update()
             total += loss.item() * len(y)
             logits_seen.append(logits.detach().float().cpu())
             labels_seen.append(y.cpu())
@@ -212,89 +192,224 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
         train_loss = _gather_sum(ddp, total) / len(train_labels)
 
         # Validate.
-        val_logits = _score(model, val_ds, cfg, ddp)
-        val_labels = torch.tensor(val_ds.labels)
-        val_loss = criterion(val_logits.to(ddp.device), val_labels.to(ddp.device)).item()
+        val_logits = _score(model, data.val, cfg, ddp)
+        val_labels = torch.tensor(data.val.labels)
+        val_loss = opt.criterion(val_logits.to(ddp.device), val_labels.to(ddp.device)).item()
         val_probs = torch.sigmoid(val_logits)
         val_auroc = auroc(val_labels, val_probs)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = opt.optimizer.param_groups[0]["lr"]
         if cfg.schedule == "plateau":
-            scheduler.step(val_auroc if math.isfinite(val_auroc) else 0.0)
+            opt.scheduler.step(val_auroc if math.isfinite(val_auroc) else 0.0)
         else:
-            scheduler.step()
+            opt.scheduler.step()
         row = {
-            "epoch": epoch + 1, "stage": stage, "lr": lr,
-            "train_loss": train_loss, "val_loss": val_loss,
+            "epoch": epoch + 1,
+            "stage": stage,
+            "lr": lr,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
             "train_auroc": auroc(train_labels, train_logits),
             "val_auroc": val_auroc,
             "train_accuracy": float(((train_logits > 0).float() == train_labels).float().mean()),
             "val_accuracy": float(((val_probs >= 0.5).float() == val_labels).float().mean()),
             "seconds": time.perf_counter() - start,
-        }  # fmt: skip
-        state["history"].append(row)
-        state["epoch"] = epoch + 1
-        improved = val_auroc > state["best_auroc"]
+        }
+
+        # Record: history, best model, resumable state; then stop early or go on.
+        state.history.append(row)
+        state.epoch = epoch + 1
+        improved = val_auroc > state.best_auroc
         if improved:
-            state.update(best_auroc=val_auroc, best_epoch=epoch + 1, bad_epochs=0)
+            state.best_auroc, state.best_epoch, state.bad_epochs = val_auroc, epoch + 1, 0
         else:
-            state["bad_epochs"] += 1
+            state.bad_epochs += 1
         if ddp.main:
-            print(
-                f"epoch {epoch + 1:>3}/{cfg.epochs} stage {stage}  loss {train_loss:.4f}  "
-                f"val loss {val_loss:.4f}  val AUROC {val_auroc:.4f}  "
-                f"{row['seconds']:.0f} s{'  *best' if improved else ''}"
+            log.info(
+                "epoch %3d/%d stage %d  loss %.4f  val loss %.4f  val AUROC %.4f  %.0f s%s",
+                epoch + 1,
+                cfg.epochs,
+                stage,
+                train_loss,
+                val_loss,
+                val_auroc,
+                row["seconds"],
+                "  *best" if improved else "",
             )
             if improved:
-                meta = _metadata(cfg, records, tables, state, val_labels, val_probs)
+                meta = _metadata(cfg, data, state, val_labels.numpy(), val_probs.numpy())
                 save_model(run_dir / "model.safetensors", model, meta)
-            _write_history(run_dir, state["history"])
-            _save_last(run_dir / "last.pt", model, optimizer, scheduler, state)
+            _write_history(run_dir, state.history)
+            _log_scalars(board, row)
+            _save_last(run_dir / "last.pt", model, opt.optimizer, opt.scheduler, state)
         _barrier(ddp)
-        if state["bad_epochs"] >= cfg.patience:
+        if state.bad_epochs >= cfg.patience:
             if ddp.main:
-                print(f"early stop: no better validation AUROC for {cfg.patience} epochs")
+                log.info("early stop: no better validation AUROC for %d epochs", cfg.patience)
             break
 
-    # The best model, read back from its file; optionally temperature-scaled on validation.
+    if board is not None:
+        board.close()
+    test = _finish(cfg, ddp, run_dir, data)
+    return TrainResult(run_dir, state.best_epoch, state.best_auroc, test)
+
+
+# ------------------------------------------------------------------------- setup and teardown
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _start_run_folder(run_dir: Path, cfg: TrainConfig, model: CardioNet) -> None:
+    """Writable, room for what the run writes, and the resolved config saved first."""
+    _check_writable(run_dir)
+    # The model file, last.pt (weights and two Adam moments), model.onnx, and reports.
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    _check_space(run_dir, 5 * weights + 50 * 2**20, "this run")
+    save_yaml(cfg, run_dir / "config.yaml")
+
+
+def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: _Dist, resume) -> _Data:
+    """Records, the patient-wise split (kept with the run), the cache warmed once by rank 0."""
+    records = load_records(cfg.data, cfg.data_config)
+    if resume and (run_dir / "splits.csv").is_file():
+        cfg.split.split_file = str(run_dir / "splits.csv")
+    split = patient_split(records, cfg.split)
+    cache = ImageCache(cfg.image_size, cfg.resize, root=cfg.cache_dir)
+    if ddp.main:
+        save_splits(records, split, run_dir / "splits.csv")
+        paths = list(records.table["path"])
+        space = "the preprocessing cache (--cache-dir chooses another place)"
+        _check_space(cache.folder, cache.bytes_needed(paths), space)
+        bad = cache.warm(paths)
+        for _path, reason in bad:
+            log.warning("skipped     %s", reason)
+        _write_skipped(run_dir, bad)
+    _barrier(ddp)
+    bad_paths = {path for path, _ in _read_skipped_rows(run_dir)}
+    keep = ~records.table["path"].isin(bad_paths)
+    tables = {name: records.table[keep & (split == name)] for name in ("train", "val", "test")}
+    for name, table in tables.items():
+        if table["label"].nunique() < 2:
+            raise UserError(f"the {name} split has only one class; more data or other fractions")
+    return _Data(
+        records,
+        tables,
+        train=XrayDataset(tables["train"], cache, train_augmentation(cfg.augment)),
+        val=XrayDataset(tables["val"], cache),
+        test=XrayDataset(tables["test"], cache),
+    )
+
+
+def _optimisation(cfg: TrainConfig, model: CardioNet, data: _Data, ddp: _Dist) -> _Optim:
+    """Weighted BCE (or a balanced sampler), AdamW with a slower backbone when pretrained."""
+    positives = float(data.tables["train"]["label"].sum())
+    pos_weight = None if cfg.balanced_sampler else (len(data.train) - positives) / positives
+    criterion = nn.BCEWithLogitsLoss(
+        pos_weight=None if pos_weight is None else torch.tensor(pos_weight, device=ddp.device)
+    )
+    # From scratch there is nothing worth freezing: one stage, all layers, lr.
+    backbone_lr = cfg.lr if cfg.weights == "none" else cfg.backbone_lr
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.head_parameters(), "lr": cfg.lr},
+            {"params": model.backbone_parameters(), "lr": backbone_lr},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+    # Loss scaling only for float16; bfloat16 (where the GPU has it) needs none.
+    fp16 = ddp.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    return _Optim(criterion, optimizer, _scheduler(cfg, optimizer), scaler)
+
+
+def _resume(run_dir: Path, model: CardioNet, opt: _Optim, ddp: _Dist) -> _State:
+    saved = _load_last(run_dir / "last.pt")
+    model.net.load_state_dict(saved["model"])
+    opt.optimizer.load_state_dict(saved["optimizer"])
+    opt.scheduler.load_state_dict(saved["scheduler"])
+    state = _State(**saved["state"])
+    if ddp.main:
+        log.info("resuming %s after epoch %d", run_dir, state.epoch)
+    return state
+
+
+def _finish(cfg: TrainConfig, ddp: _Dist, run_dir: Path, data: _Data) -> dict[str, Any]:
+    """The best model, read back from its file; calibrated on validation when asked; evaluated
+    on the test split, which nothing before has looked at; exported to ONNX."""
     best, meta = load_model(run_dir / "model.safetensors")
     best.to(ddp.device)
     if cfg.calibrate:
-        val_logits = _score(best, val_ds, cfg, ddp)
-        temperature = fit_temperature(val_logits.numpy(), val_ds.labels)
+        val_logits = _score(best, data.val, cfg, ddp)
+        temperature = fit_temperature(val_logits.numpy(), data.val.labels)
         meta["calibration"] = {"temperature": temperature, "fitted_on": "validation split"}
-        meta["threshold"] = _threshold(cfg, val_ds.labels, probabilities(val_logits, meta))
+        meta["threshold"] = _threshold(cfg, data.val.labels, probabilities(val_logits, meta))
         if ddp.main:  # the model file is rewritten with it below, after the test evaluation
-            print(f"temperature {temperature:.3f} (fitted on validation)")
+            log.info("temperature %.3f (fitted on validation)", temperature)
 
-    # ... and on the test split, which nothing above has looked at.
-    test_probs = probabilities(_score(best, test_ds, cfg, ddp), meta).numpy()
-    test: dict[str, Any] = {}
-    if ddp.main:
-        scored = tables["test"].assign(probability=test_probs)
-        skipped = [{"path": p, "reason": r} for p, r in _read_skipped_rows(run_dir)]
-        context = {"model": str(run_dir / "model.safetensors"), "data": str(cfg.data),
-                   "format": records.format, "split": "test",
-                   "split_description": TEST_SPLIT.format(seed=cfg.split.seed),
-                   "skipped": skipped}  # fmt: skip
-        test = write_report(run_dir / "test", scored, meta, context,
-                            training_curves=run_dir / "curves.png")  # fmt: skip
-        auc = test["auroc"]
-        # The model file remembers how it did on test, for the model card (weights unchanged),
-        # and the temperature and thresholds when --calibrate refitted them.
-        meta["evaluation"] = {"split": "test", "images": test["images"],
-                              "positives": test["positives"], "auroc": auc["value"],
-                              "auroc_ci95": auc.get("ci95")}  # fmt: skip
-        save_model(run_dir / "model.safetensors", best, meta)
-        primary = next(iter(test["operating_points"].values()))
-        print(
-            f"test AUROC {_fmt(auc['value'])} (95 % CI {_fmt_ci(auc.get('ci95'))}, patient "
-            f"bootstrap)  sensitivity {_fmt(primary['sensitivity']['value'])}  specificity "
-            f"{_fmt(primary['specificity']['value'])} at threshold {primary['threshold']:.3f} "
-            f"(chosen on validation)  ({test['images']} images, {test['positives']} positive)"
-        )
-        if cfg.export_onnx:
-            _export_onnx(run_dir / "model.safetensors")
-    return TrainResult(run_dir, state["best_epoch"], state["best_auroc"], test)
+    test_probs = probabilities(_score(best, data.test, cfg, ddp), meta)
+    if not ddp.main:
+        return {}
+    scored = data.tables["test"].assign(probability=test_probs)
+    skipped = [{"path": p, "reason": r} for p, r in _read_skipped_rows(run_dir)]
+    context = {
+        "model": str(run_dir / "model.safetensors"),
+        "data": str(cfg.data),
+        "format": data.records.format,
+        "split": "test",
+        "split_description": TEST_SPLIT.format(seed=cfg.split.seed),
+        "skipped": skipped,
+    }
+    test = write_report(
+        run_dir / "test", scored, meta, context, training_curves=run_dir / "curves.png"
+    )
+    auc = test["auroc"]
+    # The model file remembers how it did on test, for the model card (weights unchanged), and
+    # the temperature and thresholds when --calibrate refitted them.
+    meta["evaluation"] = {
+        "split": "test",
+        "images": test["images"],
+        "positives": test["positives"],
+        "auroc": auc["value"],
+        "auroc_ci95": auc.get("ci95"),
+    }
+    save_model(run_dir / "model.safetensors", best, meta)
+    primary = next(iter(test["operating_points"].values()))
+    log.info(
+        "test AUROC %s (95 %% CI %s, patient bootstrap)  sensitivity %s  specificity %s at "
+        "threshold %.3f (chosen on validation)  (%d images, %d positive)",
+        _fmt(auc["value"]),
+        _fmt_ci(auc.get("ci95")),
+        _fmt(primary["sensitivity"]["value"]),
+        _fmt(primary["specificity"]["value"]),
+        primary["threshold"],
+        test["images"],
+        test["positives"],
+    )
+    if cfg.export_onnx:
+        _export_onnx(run_dir / "model.safetensors")
+    return test
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer into ``run_dir/tensorboard`` when tensorboard is installed (the
+    ``tensorboard`` extra); otherwise None, and history.csv and curves.png say the same."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _log_scalars(board, row: dict[str, Any]) -> None:
+    if board is None:
+        return
+    for key, value in row.items():
+        if key not in ("epoch", "stage") and math.isfinite(value):
+            board.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+    board.flush()
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -303,19 +418,17 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
 def _export_onnx(model_file: Path) -> None:
     """model.onnx beside the model file, which predict runs on ONNX Runtime on a CPU. A failed
     export costs speed, not the run: say so and go on."""
-    from .export import export
-
     onnx_path = model_file.with_suffix(".onnx")
     onnx_path.unlink(missing_ok=True)  # an export of an earlier model file in this run
     try:
         result = export(model_file, "onnx", onnx_path)
     except Exception as exc:
-        log.warning("ONNX export failed (%s); predict will use PyTorch", exc)
-        print(f"no model.onnx: the export failed ({exc}); predict will use PyTorch")
+        log.warning("no model.onnx: the export failed (%s); predict will use PyTorch", exc)
         return
-    print(
-        f"exported    {result.path} (max probability difference to PyTorch "
-        f"{result.max_probability_difference:.1e})"
+    log.info(
+        "exported    %s (max probability difference to PyTorch %.1e)",
+        result.path,
+        result.max_probability_difference,
     )
 
 
@@ -364,7 +477,7 @@ def _check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc})") from None
-    print(f"run folder {run_dir}")
+    log.info("run folder %s", run_dir)
 
 
 def _check_space(folder: Path, needed: int, what: str) -> None:
@@ -372,8 +485,10 @@ def _check_space(folder: Path, needed: int, what: str) -> None:
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     if free < needed:
-        raise UserError(f"{folder}: {free / 2**20:.0f} MiB free, but {what} needs about "
-                        f"{needed / 2**20:.0f} MiB; free some space first")  # fmt: skip
+        raise UserError(
+            f"{folder}: {free / 2**20:.0f} MiB free, but {what} needs about "
+            f"{needed / 2**20:.0f} MiB; free some space first"
+        )
 
 
 def _write_skipped(run_dir: Path, bad: list[tuple[str, str]]) -> None:
@@ -418,9 +533,15 @@ def _train_loader(cfg: TrainConfig, ds: XrayDataset, ddp: _Dist, epoch: int) -> 
         sampler = torch.utils.data.WeightedRandomSampler(weights, len(ds), generator=generator)
     else:
         sampler = torch.utils.data.RandomSampler(ds, generator=generator)
-    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                      generator=generator, drop_last=len(ds) > cfg.batch_size,
-                      pin_memory=ddp.device.type == "cuda")  # fmt: skip
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        generator=generator,
+        drop_last=len(ds) > cfg.batch_size,
+        pin_memory=ddp.device.type == "cuda",
+    )
 
 
 def _gather(ddp: _Dist, *tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -449,9 +570,10 @@ def _threshold(cfg: TrainConfig, labels, probs) -> dict[str, Any]:
         "value": choose_threshold(labels, probs, cfg.threshold_rule),
         "rule": cfg.threshold_rule,
         "chosen_on": "validation split",
-        "operating_points": {rule: choose_threshold(labels, probs, rule)
-                             for rule in THRESHOLD_RULES},
-    }  # fmt: skip
+        "operating_points": {
+            rule: choose_threshold(labels, probs, rule) for rule in THRESHOLD_RULES
+        },
+    }
 
 
 def _fmt(value: float | None) -> str:
@@ -462,36 +584,53 @@ def _fmt_ci(ci: list[float] | None) -> str:
     return "n/a" if not ci else f"{ci[0]:.3f} to {ci[1]:.3f}"
 
 
-def _metadata(cfg, records, tables, state, val_labels, val_probs) -> dict[str, Any]:
+def _metadata(
+    cfg: TrainConfig, data: _Data, state: _State, val_labels: np.ndarray, val_probs: np.ndarray
+) -> dict[str, Any]:
     """What the model file says about itself (DESIGN: model file)."""
+    split = {
+        name: {
+            "images": len(t),
+            "patients": int(t["patient"].nunique()),
+            "positives": int(t["label"].sum()),
+        }
+        for name, t in data.tables.items()
+    }
+    versions = {
+        "cardiomegaly": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
     return {
         "preprocessing": preprocessing_for(cfg.arch, cfg.image_size, cfg.resize),
         "threshold": _threshold(cfg, val_labels, val_probs),
         "training": {
             "data": str(cfg.data),
-            "format": records.format,
-            "split": {name: {"images": len(t), "patients": int(t["patient"].nunique()),
-                             "positives": int(t["label"].sum())} for name, t in tables.items()},
+            "format": data.records.format,
+            "split": split,
             "split_seed": cfg.split.seed,
-            "epochs": state["epoch"],
-            "best_epoch": state["best_epoch"],
+            "epochs": state.epoch,
+            "best_epoch": state.best_epoch,
             "seed": cfg.seed,
-            "val_auroc": state["best_auroc"],
-            "weights": state["weights"],
+            "val_auroc": state.best_auroc,
+            "weights": state.weights,
             "preset": cfg.preset,
             "config": dataclasses.asdict(cfg),
         },
-        "versions": {"cardiomegaly": __version__, "torch": torch.__version__,
-                     "torchvision": torchvision.__version__},
+        "versions": versions,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "intended_use": "research only; not a medical device",
-    }  # fmt: skip
+    }
 
 
-def _save_last(path: Path, model, optimizer, scheduler, state) -> None:
+def _save_last(path: Path, model: CardioNet, optimizer, scheduler, state: _State) -> None:
     """Everything needed to resume, loadable with ``weights_only=True`` (no pickled objects)."""
-    payload = {"model": model.net.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "state": state}  # fmt: skip
+    payload = {
+        "model": model.net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": dataclasses.asdict(state),
+    }
     with atomic_open(path, "wb") as f:
         torch.save(payload, f)
 
@@ -501,7 +640,7 @@ def _load_last(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise UserError(
             f"{path}: not a checkpoint this tool wrote; refused ({reason[:120]})"
         ) from None
@@ -516,16 +655,10 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key, title in zip(axes, ("loss", "accuracy", "auroc"),
-                              ("loss (weighted BCE)", "accuracy (at p = 0.5)", "AUROC"),
-                              strict=True):  # fmt: skip
+    fig, axes = plots.figure(13, 3.8, ncols=3)
+    titles = {"loss": "loss (weighted BCE)", "accuracy": "accuracy (at p = 0.5)", "auroc": "AUROC"}
+    for ax, (key, title) in zip(axes, titles.items(), strict=True):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train (augmented)")
         ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation")
         ax.set_title(title)
@@ -536,7 +669,4 @@ def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
             ax.axvline(stage2[0] - 0.5, color="grey", ls="--", lw=1)
     axes[0].set_yscale("log")  # early validation losses of an untrained network are huge
     axes[0].legend()
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)

@@ -5,8 +5,8 @@ resize policy and the cache format version, so a changed file is read again and 
 served. Later epochs and later runs load a small ``.npy`` instead of decoding the original.
 
     >>> cache = ImageCache(299)                                   # doctest: +SKIP
-    >>> x = cache.get("images/00000013_005.jpg")                  # decodes once
-    >>> x.shape
+    >>> x = cache.get("images/00000013_005.jpg")  # decodes once       # doctest: +SKIP
+    >>> x.shape                                                       # doctest: +SKIP
     (299, 299)
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 from platformdirs import user_cache_dir
-from tqdm.auto import tqdm
 
 from ..errors import ImageError
 from ..fileio import atomic_open
+from ..progress import progress_bar
 from .preprocess import prepare_file, to_float
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,8 @@ class ImageCache:
 
         with ThreadPoolExecutor(workers) as pool:
             results: Iterable = pool.map(one, paths)
-            bar = tqdm(
-                results,
-                total=len(paths),
-                desc=f"cache {self.size}px",
-                disable=not progress,
-                unit="img",
+            bar = progress_bar(
+                results, total=len(paths), desc=f"cache {self.size}px", enabled=progress
             )
             failures = [r for r in bar if r is not None]
         return failures

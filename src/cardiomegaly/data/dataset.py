@@ -1,8 +1,8 @@
 """Records as tensors: a torch Dataset over the preprocessing cache, and training augmentation.
 
 >>> ds = XrayDataset(records.table, ImageCache(299))            # doctest: +SKIP
->>> x, y = ds[0]
->>> x.shape, y
+>>> x, y = ds[0]                                                      # doctest: +SKIP
+>>> x.shape, y                                                        # doctest: +SKIP
 (torch.Size([1, 299, 299]), 1.0)
 """
 

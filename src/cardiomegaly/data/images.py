@@ -4,7 +4,7 @@ The file type is sniffed from its bytes, never from its name. Only non-identifyi
 kept: no DICOM tag that names, numbers or dates a patient leaves this module.
 
     >>> arr, meta = load_image("film.png")            # doctest: +SKIP
-    >>> arr.dtype, float(arr.min()) >= 0.0, float(arr.max()) <= 1.0
+    >>> arr.dtype, float(arr.min()) >= 0.0, float(arr.max()) <= 1.0   # doctest: +SKIP
     (dtype('float32'), True, True)
 """
 
@@ -19,11 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from PIL import Image, ImageOps
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from ..errors import ImageError
+from ..errors import ImageError, first_line
 
 log = logging.getLogger(__name__)
+
+#: File suffixes read as images when a folder is searched.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 
 #: Refuse images with more pixels than this (8,000 x 8,000): a decompression-bomb guard that
 #: still admits the largest detector panels (about 4,300 x 4,300).
@@ -125,7 +130,7 @@ def load_image(
     except MemoryError:
         raise ImageError(f"{label}: image too large to decode in memory") from None
     except Exception as exc:  # every decoder failure is a property of this one file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         what = {"other": "image", "dicom-raw": "DICOM"}.get(kind, kind.upper())
         raise ImageError(f"{label}: cannot decode {what} ({reason})") from None
 
@@ -173,11 +178,15 @@ def _load_pil(
 
 def _check_shape(label: str, width: int, height: int) -> None:
     if min(width, height) < MIN_SIDE:
-        raise ImageError(f"{label}: image is {width} x {height} pixels; a radiograph has at "
-                         f"least {MIN_SIDE} on each side")  # fmt: skip
+        raise ImageError(
+            f"{label}: image is {width} x {height} pixels; a radiograph has at "
+            f"least {MIN_SIDE} on each side"
+        )
     if max(width, height) > MAX_ASPECT * min(width, height):
-        raise ImageError(f"{label}: image is {width} x {height} pixels, longer than "
-                         f"{MAX_ASPECT:g}:1; that is no chest film")  # fmt: skip
+        raise ImageError(
+            f"{label}: image is {width} x {height} pixels, longer than "
+            f"{MAX_ASPECT:g}:1; that is no chest film"
+        )
 
 
 def _draft_request(width: int, height: int, size: int, resize: str) -> tuple[int, int]:
@@ -216,9 +225,6 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
 def _load_dicom(
     src: Any, label: str, *, force: bool, max_pixels: int
 ) -> tuple[np.ndarray, ImageMeta]:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
     try:
         with warnings.catch_warnings():  # pydicom's notes on odd files are not for the user
             warnings.simplefilter("ignore")
@@ -249,7 +255,7 @@ def _load_dicom(
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         name = getattr(syntax, "name", str(syntax)) or "unknown transfer syntax"
         raise ImageError(f"{label}: cannot decode DICOM pixel data ({name}): {reason}") from None
     if arr.ndim == 3:  # colour (RGB after pydicom's YBR conversion): luminance
@@ -279,8 +285,6 @@ def _load_dicom(
 
 def _apply_voi(values: np.ndarray, ds: Any) -> np.ndarray:
     """VOI transform (PS3.3 C.11.2) to [0, 1]: VOI LUT, else the first window, else min-max."""
-    from pydicom.pixels import apply_voi_lut
-
     if "VOILUTSequence" in ds:
         lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
         out = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
-from tqdm.auto import tqdm
 
 from ..fileio import atomic_open, atomic_write_text
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def synthesize(
             context = multiprocessing.get_context("spawn")
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
             mapped = pool.map(_film, jobs, chunksize=4)
-        bar = tqdm(mapped, total=n, desc="phantoms", unit="img", disable=not progress)
+        bar = progress_bar(mapped, total=n, desc="phantoms", enabled=progress)
         results = list(bar)
     rows = [row for row, _ in results]
     csv = out / "phantoms.csv"

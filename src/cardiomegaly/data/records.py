@@ -6,7 +6,7 @@ whose view is filtered out, or whose file is missing are counted by reason and l
 silently relabelled.
 
     >>> records = load_records("../shared/data/nih-cxr-cardiomegaly")   # doctest: +SKIP
-    >>> len(records), records.positives, records.negatives
+    >>> len(records), records.positives, records.negatives            # doctest: +SKIP
     (780, 93, 687)
 """
 
@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import DataConfig, from_dict, load_yaml
-from ..errors import DataError
+from ..errors import DataError, first_line
+from . import sources
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,13 @@ RECORD_COLUMNS = [
     "view",  # PA / AP / "" when unknown
     "sex",  # M / F / ""
     "age",  # years (float, NaN when unknown)
-    "box_x", "box_y", "box_w", "box_h",  # heart box in the stored image's pixels, NaN if none
+    "box_x",
+    "box_y",
+    "box_w",
+    "box_h",  # heart box in the stored image's pixels, NaN if none
     "source",  # the format that produced the row
     "source_row",  # file:line of the row it came from
-]  # fmt: skip
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
+]
 
 
 @dataclass
@@ -86,8 +88,6 @@ def load_records(data: str | Path, config: DataConfig | None = None) -> Records:
     >>> load_records("data.yaml").positives                           # doctest: +SKIP
     93
     """
-    from . import sources
-
     path = Path(data).expanduser()
     cfg = config or DataConfig()
     root = path if path.is_dir() else path.parent
@@ -138,9 +138,7 @@ def detect_format(path: Path) -> str:
         for name in ("train.csv", "valid.csv"):
             if name in names and _has_columns(path / name, {"Path", "Cardiomegaly"}):
                 return "chexpert"
-        from .sources import class_of_folder
-
-        if any(class_of_folder(p.name) is not None for p in path.iterdir() if p.is_dir()):
+        if any(sources.class_of_folder(p.name) is not None for p in path.iterdir() if p.is_dir()):
             return "folder"
         raise DataError(
             f"{path}: cannot tell the data format (no Data_Entry_2017*.csv, CheXpert train.csv, "
@@ -170,7 +168,7 @@ def _read_header(path: Path) -> set[str]:
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
     except (OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable CSV ({first_line(exc)})") from None
 
 
 def _has_columns(path: Path, wanted: set[str]) -> bool:
@@ -178,11 +176,6 @@ def _has_columns(path: Path, wanted: set[str]) -> bool:
         return wanted <= _read_header(path)
     except DataError:
         return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _finish(records: Records, cfg: DataConfig) -> Records:

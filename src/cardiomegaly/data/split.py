@@ -9,17 +9,25 @@ test     117
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..config import SplitConfig
-from ..errors import DataError
+from ..config import DataConfig, SplitConfig, from_dict
+from ..errors import DataError, UserError
 from ..fileio import atomic_open
-from .records import Records
+from .records import Records, load_records
 
 SPLITS = ("train", "val", "test")
+SPLIT_CHOICES = ("test", "val", "all")
+#: What the test split is, in the words every report uses.
+TEST_SPLIT = (
+    "test split: patients held out from training, model selection and threshold choice "
+    "(patient-wise stratified split, seed {seed})"
+)
 
 
 def patient_split(records: Records, config: SplitConfig | None = None) -> pd.Series:
@@ -108,3 +116,57 @@ def read_splits(path: str | Path, table: pd.DataFrame) -> pd.Series:
             f"(e.g. {unknown[0]}); draw a new split instead of --split-file"
         )
     return split.rename("split")
+
+
+def _same_data(a: str | Path, b: str | None) -> bool:
+    if b is None:
+        return False
+    if str(a) == str(b):
+        return True
+    return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
+
+
+def select_records(
+    model: str | Path, meta: dict[str, Any], data: str | Path, split: str
+) -> tuple[Records, pd.DataFrame, str]:
+    """The records of ``split`` for ``model`` (whose metadata is ``meta``) and one sentence
+    saying what they are: its own test or validation patients, or all records."""
+    if split not in (*SPLIT_CHOICES, "train"):
+        raise UserError(f"unknown split '{split}'; choose {', '.join(SPLIT_CHOICES)}")
+    training = meta.get("training", {})
+    config = training.get("config", {})
+    same = _same_data(data, training.get("data"))
+    data_config = from_dict(DataConfig, config.get("data_config")) if same else None
+    records = load_records(data, data_config)
+    if split == "all":
+        if same:
+            return (
+                records,
+                records.table,
+                (
+                    "all records of the model's training data, training and validation images "
+                    "included: optimistic, not an estimate of performance on new patients"
+                ),
+            )
+        return records, records.table, "all records (data the model was not trained on)"
+    split_config = from_dict(SplitConfig, config.get("split"))
+    saved = Path(model).parent / "splits.csv"
+    if same and saved.is_file():
+        split_config.split_file = str(saved)
+    assignment = patient_split(records, split_config)
+    table = records.table[assignment == split]
+    if split == "train":
+        description = "training split: the images the model learned from"
+    elif split == "val":
+        description = (
+            "validation split: used for early stopping and to choose the threshold, "
+            "so these numbers are optimistic"
+        )
+    else:
+        description = TEST_SPLIT.format(seed=split_config.seed)
+    if not same:
+        description += (
+            "; this data is not the model's training data, so its split was drawn "
+            "afresh with the model's seed (--split all scores all of it)"
+        )
+    return records, table, description

@@ -55,12 +55,14 @@ def _with_ci(entry: dict[str, Any] | None) -> str:
 def _table(header: list[str] | None, rows: list[list[str]], numeric_from: int = 1) -> str:
     head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join(
-        "<tr>" + "".join(
+        "<tr>"
+        + "".join(
             f"<td class='num'>{c}</td>" if i >= numeric_from else f"<td>{c}</td>"
             for i, c in enumerate(row)
-        ) + "</tr>"
+        )
+        + "</tr>"
         for row in rows
-    )  # fmt: skip
+    )
     return f"<table>{head}{body}</table>"
 
 
@@ -158,49 +160,87 @@ def render_report(
         )
 
     # Operating points.
-    header = ["operating point", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1",
-              "accuracy", "TP / FP / TN / FN"]  # fmt: skip
+    header = [
+        "operating point",
+        "threshold",
+        "sensitivity",
+        "specificity",
+        "PPV",
+        "NPV",
+        "F1",
+        "accuracy",
+        "TP / FP / TN / FN",
+    ]
     rows = []
     for name, op in metrics["operating_points"].items():
         c = op["confusion"]
-        rows.append([_e(name), _num(op["threshold"], 4)]
-                    + [_with_ci(op[k]) for k in ("sensitivity", "specificity", "ppv", "npv", "f1",
-                                                  "accuracy")]
-                    + [f"{c['tp']} / {c['fp']} / {c['tn']} / {c['fn']}"])  # fmt: skip
+        rows.append(
+            [_e(name), _num(op["threshold"], 4)]
+            + [
+                _with_ci(op[k])
+                for k in ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")
+            ]
+            + [f"{c['tp']} / {c['fp']} / {c['tn']} / {c['fn']}"]
+        )
     parts += ["<h2>Operating points (thresholds chosen on validation)</h2>", _table(header, rows)]
 
     # Calibration.
     cal = metrics["calibration"]
     parts += [
         "<h2>Calibration</h2>",
-        _table(["expected calibration error", "Brier score", "calibration slope",
-                "calibration intercept"],
-               [[_num(cal["ece"]), _num(cal["brier"]), _num(cal["slope"], 2),
-                 _num(cal["intercept"], 2)]], numeric_from=0),
+        _table(
+            [
+                "expected calibration error",
+                "Brier score",
+                "calibration slope",
+                "calibration intercept",
+            ],
+            [
+                [
+                    _num(cal["ece"]),
+                    _num(cal["brier"]),
+                    _num(cal["slope"], 2),
+                    _num(cal["intercept"], 2),
+                ]
+            ],
+            numeric_from=0,
+        ),
         "<p class='note'>A calibrated model has slope 1 and intercept 0. Training weights the "
         "positive class by the training prevalence, which shifts probabilities upwards; the "
         "threshold, chosen on validation, accounts for that.</p>",
-    ]  # fmt: skip
+    ]
 
     # Subgroups.
     rows = []
     for column, groups in metrics.get("subgroups", {}).items():
         for name, g in groups.items():
-            rows.append([_e(f"{column} {name}"), str(g["images"]), str(g["patients"]),
-                         str(g["positives"]), _num(g["auroc"]) + _ci(g["ci95"]),
-                         _e(g.get("warning", ""))])  # fmt: skip
+            rows.append(
+                [
+                    _e(f"{column} {name}"),
+                    str(g["images"]),
+                    str(g["patients"]),
+                    str(g["positives"]),
+                    _num(g["auroc"]) + _ci(g["ci95"]),
+                    _e(g.get("warning", "")),
+                ]
+            )
     if rows:
-        parts += ["<h2>Subgroups</h2>",
-                  _table(["subgroup", "images", "patients", "positives", "AUROC (95 % CI)",
-                          "note"], rows)]  # fmt: skip
+        parts += [
+            "<h2>Subgroups</h2>",
+            _table(
+                ["subgroup", "images", "patients", "positives", "AUROC (95 % CI)", "note"], rows
+            ),
+        ]
 
     # Figures.
     parts.append("<h2>Figures</h2><div class='figs'>")
     for name, path in figures.items():
         caption = captions.get(name, name)
         wide = " class='wide'" if name == "training_curves.png" else ""
-        parts.append(f"<figure{wide}><img src='{_image(path)}' alt='{_e(caption)}'>"
-                     f"<figcaption>{_e(caption)}</figcaption></figure>")  # fmt: skip
+        parts.append(
+            f"<figure{wide}><img src='{_image(path)}' alt='{_e(caption)}'>"
+            f"<figcaption>{_e(caption)}</figcaption></figure>"
+        )
     parts.append("</div>")
 
     boot = auroc.get("bootstrap", {})
@@ -226,9 +266,12 @@ def render_comparison(result: dict[str, Any], roc: Path) -> str:
     rows = [
         ["A", _e(result["model_a"]), _with_ci(result["auroc_a"])],
         ["B", _e(result["model_b"]), _with_ci(result["auroc_b"])],
-        ["A - B", _e(diff["ci95_method"]),
-         f"{diff['value']:+.3f}{_ci(diff['ci95'])}; DeLong p = {diff['delong_p']:.3g}"],
-    ]  # fmt: skip
+        [
+            "A - B",
+            _e(diff["ci95_method"]),
+            f"{diff['value']:+.3f}{_ci(diff['ci95'])}; DeLong p = {diff['delong_p']:.3g}",
+        ],
+    ]
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>cardiomegaly: comparison</title><style>{_CSS}</style></head><body>",

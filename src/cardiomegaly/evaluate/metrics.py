@@ -26,9 +26,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from ..errors import ConfigError
+from ..config import check_threshold_rule
 
-THRESHOLD_RULES = ("youden", "sens90", "spec90")
 Z95 = 1.959963984540054
 
 
@@ -63,11 +62,9 @@ def choose_threshold(
     >>> choose_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.8])
     0.6
     """
+    check_threshold_rule(rule)
     if rule.startswith("fixed:"):
-        try:
-            return float(rule.split(":", 1)[1])
-        except ValueError:
-            raise ConfigError(f"threshold rule '{rule}': give fixed:0.5 and the like") from None
+        return float(rule.split(":", 1)[1])
     y, p = np.asarray(labels), np.asarray(probs)
     if len(np.unique(y)) < 2:
         return 0.5
@@ -77,10 +74,8 @@ def choose_threshold(
         k = int(np.argmax(tpr - fpr))
     elif rule == "sens90":
         k = int(np.flatnonzero(tpr >= 0.9)[0])
-    elif rule == "spec90":
+    else:  # spec90; check_threshold_rule admits nothing else
         k = int(np.flatnonzero(1 - fpr >= 0.9)[-1])
-    else:
-        raise ConfigError(f"unknown threshold rule '{rule}' (youden, sens90, spec90, fixed:X)")
     return float(thresholds[k])
 
 
@@ -117,8 +112,7 @@ def operating_point(
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[0, 1]).ravel())
 
     def proportion(k: int, n: int) -> dict[str, object]:
-        return {"value": k / n if n else None, "ci95": _nan_none(wilson(k, n)),
-                "k": k, "n": n}  # fmt: skip
+        return {"value": k / n if n else None, "ci95": _nan_none(wilson(k, n)), "k": k, "n": n}
 
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
     return {
@@ -176,8 +170,7 @@ def delong_interval(labels: Sequence[float], scores: Sequence[float]) -> dict[st
     """AUROC with DeLong's standard error and 95 % interval (clipped to [0, 1])."""
     auc, var = delong(labels, scores)
     se = math.sqrt(max(var, 0.0))
-    return {"value": auc, "se": se,
-            "ci95": [max(0.0, auc - Z95 * se), min(1.0, auc + Z95 * se)]}  # fmt: skip
+    return {"value": auc, "se": se, "ci95": [max(0.0, auc - Z95 * se), min(1.0, auc + Z95 * se)]}
 
 
 def delong_test(
@@ -336,8 +329,14 @@ def calibration(labels: Sequence[float], probs: Sequence[float], bins: int = 10)
         if count:
             mean_p, observed = float(p[inside].mean()), float(y[inside].mean())
             ece += count / len(y) * abs(mean_p - observed)
-            table.append({"bin": [b / bins, (b + 1) / bins], "count": count,
-                          "mean_probability": mean_p, "observed": observed})  # fmt: skip
+            table.append(
+                {
+                    "bin": [b / bins, (b + 1) / bins],
+                    "count": count,
+                    "mean_probability": mean_p,
+                    "observed": observed,
+                }
+            )
     slope, intercept = _calibration_line(y, p)
     return {
         "bins": table,

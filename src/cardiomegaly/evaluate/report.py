@@ -96,8 +96,9 @@ def assess(
     both = positives > 0 and negatives > 0
     curves = None
     if both:
-        curves = patient_bootstrap(y, p, patients, n=n_boot, seed=seed,
-                                   thresholds=list(thresholds.values()))  # fmt: skip
+        curves = patient_bootstrap(
+            y, p, patients, n=n_boot, seed=seed, thresholds=list(thresholds.values())
+        )
     bootstrap_note = {"resamples": n_boot, "unit": "patient", "stratified": True, "seed": seed}
     if both:
         dl = delong_interval(y, p) if min(positives, negatives) >= 2 else None
@@ -105,16 +106,21 @@ def assess(
             "value": auroc(y, p),
             "ci95": percentile_interval(curves.auroc),
             "ci95_method": "patient bootstrap (percentile)",
-            "delong": dl and {"se": dl["se"], "ci95": dl["ci95"],
-                              "note": "treats images as independent"},
+            "delong": dl
+            and {"se": dl["se"], "ci95": dl["ci95"], "note": "treats images as independent"},
             "bootstrap": bootstrap_note,
-        }  # fmt: skip
-        metrics["auprc"] = {"value": auprc(y, p), "ci95": percentile_interval(curves.auprc),
-                            "prevalence": positives / len(y)}  # fmt: skip
+        }
+        metrics["auprc"] = {
+            "value": auprc(y, p),
+            "ci95": percentile_interval(curves.auprc),
+            "prevalence": positives / len(y),
+        }
     else:
-        reason = (f"AUROC and AUPRC are undefined: the data has only "
-                  f"{'negative' if positives == 0 else 'positive'} images "
-                  f"({positives} positive, {negatives} negative)")  # fmt: skip
+        reason = (
+            f"AUROC and AUPRC are undefined: the data has only "
+            f"{'negative' if positives == 0 else 'positive'} images "
+            f"({positives} positive, {negatives} negative)"
+        )
         warnings.append(reason)
         metrics["auroc"] = {"value": None, "undefined": reason}
         metrics["auprc"] = {"value": None, "undefined": reason}
@@ -146,8 +152,11 @@ def _subgroups(scored: pd.DataFrame, n_boot: int, seed: int, warnings: list[str]
                 groups[column] = {v: (values == v).to_numpy() for v in names}
     if "age" in scored and scored["age"].notna().any():
         age = pd.to_numeric(scored["age"], errors="coerce")
-        groups["age"] = {"<40": (age < 40).to_numpy(), "40-65": age.between(40, 65).to_numpy(),
-                         ">65": (age > 65).to_numpy()}  # fmt: skip
+        groups["age"] = {
+            "<40": (age < 40).to_numpy(),
+            "40-65": age.between(40, 65).to_numpy(),
+            ">65": (age > 65).to_numpy(),
+        }
     out: dict[str, dict] = {}
     small: list[str] = []
     for column, masks in groups.items():
@@ -158,9 +167,13 @@ def _subgroups(scored: pd.DataFrame, n_boot: int, seed: int, warnings: list[str]
                 continue
             y = part["label"].to_numpy(dtype=int)
             p = part["probability"].to_numpy(dtype=float)
-            entry: dict[str, Any] = {"images": len(part), "patients": part["patient"].nunique(),
-                                     "positives": int(y.sum()), "auroc": auroc(y, p),
-                                     "ci95": None}  # fmt: skip
+            entry: dict[str, Any] = {
+                "images": len(part),
+                "patients": part["patient"].nunique(),
+                "positives": int(y.sum()),
+                "auroc": auroc(y, p),
+                "ci95": None,
+            }
             if 0 < y.sum() < len(y):
                 curves = patient_bootstrap(y, p, part["patient"].astype(str), n=n_boot, seed=seed)
                 entry["ci95"] = percentile_interval(curves.auroc)
@@ -169,8 +182,10 @@ def _subgroups(scored: pd.DataFrame, n_boot: int, seed: int, warnings: list[str]
                 small.append(f"{column} {name} ({int(y.sum())})")
             out[column][name] = entry
     if small:
-        warnings.append(f"subgroups with fewer than {MIN_SUBGROUP_POSITIVES} positive images, "
-                        f"whose AUROC to read with care: {', '.join(small)}")  # fmt: skip
+        warnings.append(
+            f"subgroups with fewer than {MIN_SUBGROUP_POSITIVES} positive images, "
+            f"whose AUROC to read with care: {', '.join(small)}"
+        )
     return out
 
 
@@ -206,9 +221,12 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     thresholds = model_thresholds(meta)
     result = assess(scored, thresholds, n_boot=n_boot, seed=seed)
-    metrics = {**context, "threshold_rule": meta["threshold"]["rule"],
-               "threshold_chosen_on": meta["threshold"].get("chosen_on"),
-               **result.metrics}  # fmt: skip
+    metrics = {
+        **context,
+        "threshold_rule": meta["threshold"]["rule"],
+        "threshold_chosen_on": meta["threshold"].get("chosen_on"),
+        **result.metrics,
+    }
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     _write_predictions(folder / "predictions.csv", scored, meta["threshold"]["value"])
 
@@ -217,19 +235,30 @@ def write_report(
     title = f"{context.get('split', '')} split, {len(y)} images"
     primary = next(iter(thresholds))
     if result.roc_band is not None:
-        plots.roc_plot(folder / "roc.png", y, p, title=f"ROC: {title}", band=result.roc_band,
-                       points=metrics["operating_points"],
-                       label=f"AUROC {metrics['auroc']['value']:.3f}")  # fmt: skip
+        plots.roc_plot(
+            folder / "roc.png",
+            y,
+            p,
+            title=f"ROC: {title}",
+            band=result.roc_band,
+            points=metrics["operating_points"],
+            label=f"AUROC {metrics['auroc']['value']:.3f}",
+        )
         auprc_text = f"AUPRC {metrics['auprc']['value']:.3f}"
         plots.pr_plot(folder / "pr.png", y, p, title=f"precision-recall: {title}\n{auprc_text}")
     if metrics["calibration"]["slope"] is not None:
-        plots.calibration_plot(folder / "calibration.png", metrics["calibration"],
-                               title=f"calibration: {title}")  # fmt: skip
+        plots.calibration_plot(
+            folder / "calibration.png", metrics["calibration"], title=f"calibration: {title}"
+        )
     op = metrics["operating_points"][primary]
-    plots.confusion_plot(folder / "confusion.png", op["confusion"],
-                         title=f"{primary}\nthreshold {op['threshold']:.3f}")  # fmt: skip
-    plots.histogram_plot(folder / "histogram.png", y, p, thresholds[primary],
-                         title=f"scores: {title}")  # fmt: skip
+    plots.confusion_plot(
+        folder / "confusion.png",
+        op["confusion"],
+        title=f"{primary}\nthreshold {op['threshold']:.3f}",
+    )
+    plots.histogram_plot(
+        folder / "histogram.png", y, p, thresholds[primary], title=f"scores: {title}"
+    )
     if training_curves is not None and Path(training_curves).is_file():
         shutil.copyfile(training_curves, folder / "training_curves.png")
     figures = {name: caption for name, caption in FIGURES.items() if (folder / name).is_file()}
@@ -246,5 +275,11 @@ def _write_predictions(path: Path, scored: pd.DataFrame, threshold: float) -> No
         for row in scored.itertuples(index=False):
             values = [getattr(row, c) for c in columns]
             values = ["" if isinstance(v, float) and math.isnan(v) else v for v in values]
-            writer.writerow([*values, int(row.label), f"{row.probability:.6f}",
-                             int(row.probability >= threshold)])  # fmt: skip
+            writer.writerow(
+                [
+                    *values,
+                    int(row.label),
+                    f"{row.probability:.6f}",
+                    int(row.probability >= threshold),
+                ]
+            )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,28 +16,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import DataConfig, SplitConfig, from_dict
+from ..artifacts import probabilities
 from ..data.cache import ImageCache
 from ..data.dataset import XrayDataset
-from ..data.records import Records, load_records
-from ..data.split import patient_split
+from ..data.split import select_records
 from ..errors import UserError
 from ..fileio import atomic_open, atomic_write_text, fresh_folder, next_run_folder
 from ..model import load_model, read_metadata
-from ..predict import probabilities, score_dataset, select_device
+from ..runtime import score_dataset, select_device
 from . import plots
 from .html import render_comparison
 from .metrics import auroc, delong_test, patient_bootstrap, percentile_interval
 from .report import write_report
 
 log = logging.getLogger(__name__)
-
-SPLIT_CHOICES = ("test", "val", "all")
-#: What the test split is, in the words every report uses.
-TEST_SPLIT = (
-    "test split: patients held out from training, model selection and threshold choice "
-    "(patient-wise stratified split, seed {seed})"
-)
 
 
 @dataclass
@@ -70,8 +61,15 @@ def evaluate(
     scored, context = _scored_records(model, meta, data, split, batch_size, device, cache_dir)
     folder = _out_folder(out)
     curves = Path(model).parent / "curves.png"
-    metrics = write_report(folder, scored, meta, context, n_boot=n_boot, seed=seed,
-                           training_curves=curves if curves.is_file() else None)  # fmt: skip
+    metrics = write_report(
+        folder,
+        scored,
+        meta,
+        context,
+        n_boot=n_boot,
+        seed=seed,
+        training_curves=curves if curves.is_file() else None,
+    )
     return EvalResult(folder, metrics)
 
 
@@ -93,15 +91,17 @@ def compare(
     The records and split come from model A's file; B is scored on exactly the same images.
     """
     meta_a, meta_b = read_metadata(model_a), read_metadata(model_b)
-    scored_a, context = _scored_records(model_a, meta_a, data, split, batch_size, device,
-                                           cache_dir)  # fmt: skip
-    scored_b, _ = _scored_records(model_b, meta_b, data, split, batch_size, device,
-                                     cache_dir, only=scored_a["path"])  # fmt: skip
+    scored_a, context = _scored_records(model_a, meta_a, data, split, batch_size, device, cache_dir)
+    scored_b, _ = _scored_records(
+        model_b, meta_b, data, split, batch_size, device, cache_dir, only=scored_a["path"]
+    )
     scored_b = scored_b.set_index("path").loc[scored_a["path"]].reset_index()
     y = scored_a["label"].to_numpy(dtype=int)
     if y.min() == y.max():
-        raise UserError("the records have one class only: AUROC, and so the comparison, is "
-                        "undefined; give data with positives and negatives")  # fmt: skip
+        raise UserError(
+            "the records have one class only: AUROC, and so the comparison, is "
+            "undefined; give data with positives and negatives"
+        )
     pa, pb = scored_a["probability"].to_numpy(), scored_b["probability"].to_numpy()
     patients = scored_a["patient"].astype(str).to_numpy()
     boot_a = patient_bootstrap(y, pa, patients, n=n_boot, seed=seed)
@@ -109,8 +109,10 @@ def compare(
     test = delong_test(y, pa, pb)
     notes = []
     if _split_source(meta_a) != _split_source(meta_b) and split != "all":
-        notes.append("the two models were trained on different data or splits: model B may "
-                     "have seen some of these records in training")  # fmt: skip
+        notes.append(
+            "the two models were trained on different data or splits: model B may "
+            "have seen some of these records in training"
+        )
     result = {
         **context,
         "model_a": str(model_a),
@@ -132,14 +134,22 @@ def compare(
     folder = _out_folder(out)
     atomic_write_text(folder / "comparison.json", json.dumps(result, indent=2) + "\n")
     with atomic_open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as f:
-        pd.DataFrame({"path": scored_a["path"], "patient": scored_a["patient"], "label": y,
-                      "probability_a": np.round(pa, 6), "probability_b": np.round(pb, 6)}
-                     ).to_csv(f, index=False)  # fmt: skip
-    plots.roc_compare_plot(folder / "roc.png", y,
-                           {f"A {result['auroc_a']['value']:.3f}": pa,
-                            f"B {result['auroc_b']['value']:.3f}": pb},
-                           title=f"A: {Path(model_a).name}  B: {Path(model_b).name}\n"
-                                 f"{context['split']} split, {len(y)} images")  # fmt: skip
+        pd.DataFrame(
+            {
+                "path": scored_a["path"],
+                "patient": scored_a["patient"],
+                "label": y,
+                "probability_a": np.round(pa, 6),
+                "probability_b": np.round(pb, 6),
+            }
+        ).to_csv(f, index=False)
+    plots.roc_compare_plot(
+        folder / "roc.png",
+        y,
+        {f"A {result['auroc_a']['value']:.3f}": pa, f"B {result['auroc_b']['value']:.3f}": pb},
+        title=f"A: {Path(model_a).name}  B: {Path(model_b).name}\n"
+        f"{context['split']} split, {len(y)} images",
+    )
     atomic_write_text(folder / "report.html", render_comparison(result, folder / "roc.png"))
     return EvalResult(folder, result)
 
@@ -156,7 +166,7 @@ def _scored_records(model, meta, data, split, batch_size, device, cache_dir, onl
     cache = ImageCache(pre["image_size"], pre["resize"], root=cache_dir)
     bad = cache.warm(list(table["path"]))
     for _path, reason in bad:
-        print(f"skipped     {reason}")
+        log.warning("skipped     %s", reason)
     table = table[~table["path"].isin({p for p, _ in bad})].reset_index(drop=True)
     if table.empty:
         raise UserError(f"{data}: no readable images in the {split} split")
@@ -164,7 +174,7 @@ def _scored_records(model, meta, data, split, batch_size, device, cache_dir, onl
     dev = select_device(device)
     net.to(dev)
     logits = score_dataset(net, XrayDataset(table, cache), batch_size, dev, progress=True)
-    scored = table.assign(probability=probabilities(logits, meta).numpy())
+    scored = table.assign(probability=probabilities(logits, meta))
     context = {
         "model": str(model),
         "data": str(data),
@@ -180,56 +190,6 @@ def _split_source(meta: dict[str, Any]) -> tuple:
     training = meta.get("training", {})
     split = training.get("config", {}).get("split", {})
     return (training.get("data"), split.get("seed"), split.get("train"), split.get("val"))
-
-
-def _same_data(a: str | Path, b: str | None) -> bool:
-    if b is None:
-        return False
-    if str(a) == str(b):
-        return True
-    return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
-
-
-def select_records(
-    model: str | Path, meta: dict[str, Any], data: str | Path, split: str
-) -> tuple[Records, pd.DataFrame, str]:
-    """The records of ``split`` for ``model`` (whose metadata is ``meta``) and one sentence
-    saying what they are: its own test or validation patients, or all records."""
-    if split not in (*SPLIT_CHOICES, "train"):
-        raise UserError(f"unknown split '{split}'; choose {', '.join(SPLIT_CHOICES)}")
-    training = meta.get("training", {})
-    config = training.get("config", {})
-    same = _same_data(data, training.get("data"))
-    data_config = from_dict(DataConfig, config.get("data_config")) if same else None
-    records = load_records(data, data_config)
-    if split == "all":
-        if same:
-            return (
-                records,
-                records.table,
-                (
-                    "all records of the model's training data, training and validation images "
-                    "included: optimistic, not an estimate of performance on new patients"
-                ),
-            )
-        return records, records.table, "all records (data the model was not trained on)"
-    split_config = from_dict(SplitConfig, config.get("split"))
-    saved = Path(model).parent / "splits.csv"
-    if same and saved.is_file():
-        split_config.split_file = str(saved)
-    assignment = patient_split(records, split_config)
-    table = records.table[assignment == split]
-    if split == "train":
-        description = "training split: the images the model learned from"
-    elif split == "val":
-        description = ("validation split: used for early stopping and to choose the threshold, "
-                       "so these numbers are optimistic")  # fmt: skip
-    else:
-        description = TEST_SPLIT.format(seed=split_config.seed)
-    if not same:
-        description += ("; this data is not the model's training data, so its split was drawn "
-                        "afresh with the model's seed (--split all scores all of it)")  # fmt: skip
-    return records, table, description
 
 
 def _out_folder(out: str | Path | None) -> Path:

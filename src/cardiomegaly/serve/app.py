@@ -34,13 +34,23 @@ ACCEPTED = ("png", "jpeg", "dicom")
 UPLOAD_SCHEMA = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary",
-                                    "description": "one PNG, JPEG or DICOM file"}},
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "one PNG, JPEG or DICOM file",
+                        }
+                    },
+                }
+            }
+        },
     }
-}  # fmt: skip
+}
 
 
 def create_app(
@@ -68,8 +78,11 @@ def create_app(
         come from ONNX Runtime."""
         with torch_lock:
             if "torch" not in state:
-                state["torch"] = clf if clf.backend == "torch" else Classifier.load(
-                    model, device=device, backend="torch")  # fmt: skip
+                state["torch"] = (
+                    clf
+                    if clf.backend == "torch"
+                    else Classifier.load(model, device=device, backend="torch")
+                )
         return state["torch"]
 
     @asynccontextmanager
@@ -77,9 +90,12 @@ def create_app(
         state["limiter"] = anyio.CapacityLimiter(concurrency)
         yield
 
-    app = FastAPI(title="cardiomegaly", version=__version__, lifespan=lifespan,
-                  description="Cardiomegaly on chest X-rays. Research use only; not a medical "
-                              "device.")  # fmt: skip
+    app = FastAPI(
+        title="cardiomegaly",
+        version=__version__,
+        lifespan=lifespan,
+        description="Cardiomegaly on chest X-rays. Research use only; not a medical device.",
+    )
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -139,7 +155,7 @@ def _infer(
     prediction = Prediction(None, p, int(p >= clf.threshold), clf.threshold)
     if cam is None:
         return prediction, None
-    from ..explain import heatmaps, overlay
+    from ..explain import heatmaps, overlay  # torch loads only when an overlay is asked for
 
     picture = overlay(image, heatmaps(cam(), image[None])[0], prediction)
     buffer = io.BytesIO()
@@ -163,9 +179,13 @@ async def _read_upload(request: Request, max_bytes: int) -> bytes:
     if not content_type.startswith("multipart/form-data") or not body:
         raise HTTPException(400, "send one image as multipart/form-data in the field 'file'")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)  # fmt: skip
-    files = [part for part in message.iter_parts()
-             if part.get_param("name", header="content-disposition") == "file"]  # fmt: skip
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    files = [
+        part
+        for part in message.iter_parts()
+        if part.get_param("name", header="content-disposition") == "file"
+    ]
     if len(files) != 1:
         raise HTTPException(400, f"expected one file in the field 'file', got {len(files)}")
     data = files[0].get_payload(decode=True) or b""
@@ -181,7 +201,7 @@ def model_card(meta: dict[str, Any], name: str) -> dict[str, Any]:
     return {
         "name": name,
         "version": f"format {meta.get('format_version')}, cardiomegaly "
-                   f"{meta.get('versions', {}).get('cardiomegaly', '?')}",
+        f"{meta.get('versions', {}).get('cardiomegaly', '?')}",
         "created": meta.get("created"),
         "architecture": meta["architecture"],
         "preprocessing": meta["preprocessing"],
@@ -192,4 +212,4 @@ def model_card(meta: dict[str, Any], name: str) -> dict[str, Any]:
         "validation_auroc": training.get("val_auroc"),
         "test": evaluation or None,
         "intended_use": meta.get("intended_use", "research only; not a medical device"),
-    }  # fmt: skip
+    }

@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import DataConfig
-from ...errors import DataError
-from ..records import _first_line
+from ...errors import DataError, first_line
 
 Result = tuple[pd.DataFrame, Counter, list[str]]
 FINDING = "Cardiomegaly"
@@ -31,7 +30,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
     except (OSError, EOFError, pd.errors.ParserError) as exc:  # .csv.gz is read too
-        raise DataError(f"{path}: not a readable CSV ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable CSV ({first_line(exc)})") from None
     if df.empty:
         raise DataError(f"{path}: has a header but no rows")
     return df

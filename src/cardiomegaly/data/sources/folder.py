@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...config import DataConfig
-from ..records import IMAGE_SUFFIXES
+from ..images import IMAGE_SUFFIXES
 from ._common import (
     Result,
     _patient_column,

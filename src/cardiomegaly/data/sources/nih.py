@@ -11,7 +11,7 @@ import pandas as pd
 
 from ...config import DataConfig
 from ...errors import DataError
-from ..records import IMAGE_SUFFIXES
+from ..images import IMAGE_SUFFIXES
 from ._common import (
     FINDING,
     NO_FINDING,

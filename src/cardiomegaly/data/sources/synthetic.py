@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from ...config import DataConfig
+from ..cache import default_cache_dir
+from ..phantom import synthesize
 from ._common import (
     Result,
     _read_csv,
@@ -19,9 +21,6 @@ from ._common import (
 
 def synthetic_root(cfg: DataConfig) -> Path:
     """Phantoms made on the fly (n, size, seed from ``cfg``), generated once into the cache."""
-    from ..cache import default_cache_dir
-    from ..phantom import synthesize
-
     root = default_cache_dir() / "synthetic" / f"n{cfg.n}-size{cfg.size}-seed{cfg.seed}"
     if not (root / "phantoms.csv").is_file():
         synthesize(root, n=cfg.n, size=cfg.size, seed=cfg.seed, progress=False)

@@ -78,186 +78,147 @@ def render_report(
     captions: dict[str, str],
 ) -> str:
     """The evaluation as one HTML page: what was scored, the numbers, the figures, the methods."""
-    training = meta.get("training", {})
-    auroc = metrics["auroc"]
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>cardiomegaly evaluation: {_e(metrics.get('split', ''))}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<div class='banner' role='note'>Research use only. Not a medical device; not for "
-        "diagnosis or patient care.</div><main>",
+    sections = [
         "<h1>Cardiomegaly classifier: evaluation</h1>",
         f"<p class='sub'>{_e(metrics.get('split_description', ''))}</p>",
+        *(f"<div class='warn'>{_e(w)}</div>" for w in metrics.get("warnings", [])),
+        _what_was_evaluated(metrics, meta),
+        _discrimination(metrics),
+        _operating_points(metrics),
+        _calibration(metrics),
+        _subgroups(metrics),
+        _figures(figures, captions),
+        _methods(metrics, meta),
     ]
-    for warning in metrics.get("warnings", []):
-        parts.append(f"<div class='warn'>{_e(warning)}</div>")
+    return _page(f"cardiomegaly evaluation: {metrics.get('split', '')}", sections)
 
-    # What was evaluated.
-    split = training.get("split", {})
+
+def _page(title: str, sections: list[str]) -> str:
+    """The page around the sections: the research-use banner first, styles inline."""
+    return "\n".join(
+        [
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+            f"<title>{_e(title)}</title>",
+            f"<style>{_CSS}</style></head><body>",
+            "<div class='banner' role='note'>Research use only. Not a medical device; not for "
+            "diagnosis or patient care.</div><main>",
+            *(s for s in sections if s),
+            "</main></body></html>",
+        ]
+    )
+
+
+def _what_was_evaluated(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
+    training = meta.get("training", {})
+    pre, threshold = meta["preprocessing"], meta["threshold"]
+    trained_on = ", ".join(
+        f"{k} {v['images']} images / {v['patients']} patients / {v['positives']} positive"
+        for k, v in training.get("split", {}).items()
+    )
     rows = [
         ["model", _e(metrics.get("model", ""))],
-        [
-            "architecture",
-            _e(
-                f"{meta['architecture']['name']}, "
-                f"{meta['preprocessing']['image_size']} px, "
-                f"{meta['preprocessing']['resize']}"
-            ),
-        ],
-        [
-            "trained on",
-            _e(
-                f"{training.get('data', 'unknown')} "
-                + ", ".join(
-                    f"{k} {v['images']} images / {v['patients']} patients / "
-                    f"{v['positives']} positive"
-                    for k, v in split.items()
-                )
-            ),
-        ],
+        ["architecture", _e(f"{meta['architecture']['name']}, {pre['image_size']} px, "
+                            f"{pre['resize']}")],
+        ["trained on", _e(f"{training.get('data', 'unknown')} {trained_on}")],
         ["weights at start", _e(training.get("weights", {}).get("source", "unknown"))],
         ["validation AUROC (model selection)", _num(training.get("val_auroc"))],
-        [
-            "threshold",
-            _e(
-                f"{meta['threshold']['value']:.4f}, rule {meta['threshold']['rule']}, "
-                f"chosen on the {meta['threshold'].get('chosen_on', '?')}"
-            ),
-        ],
-        [
-            "evaluated on",
-            _e(
-                f"{metrics.get('data', '')} ({metrics.get('format', '')}), "
-                f"split: {metrics.get('split', '')}"
-            ),
-        ],
-        [
-            "records",
-            _e(
-                f"{metrics['images']} images, {metrics['patients']} patients, "
-                f"{metrics['positives']} positive, {metrics['negatives']} negative "
-                f"(prevalence {_num(metrics['prevalence'])})"
-            ),
-        ],
+        ["threshold", _e(f"{threshold['value']:.4f}, rule {threshold['rule']}, chosen on the "
+                         f"{threshold.get('chosen_on', '?')}")],
+        ["evaluated on", _e(f"{metrics.get('data', '')} ({metrics.get('format', '')}), "
+                            f"split: {metrics.get('split', '')}")],
+        ["records", _e(f"{metrics['images']} images, {metrics['patients']} patients, "
+                       f"{metrics['positives']} positive, {metrics['negatives']} negative "
+                       f"(prevalence {_num(metrics['prevalence'])})")],
         ["skipped (unreadable)", _e(len(metrics.get("skipped", [])))],
-    ]
+    ]  # fmt: skip
     if "temperature" in meta.get("calibration", {}):
         rows.append(["temperature scaling", _num(meta["calibration"]["temperature"])])
-    parts += ["<h2>What was evaluated</h2>", _table(None, rows, numeric_from=2)]
+    return "<h2>What was evaluated</h2>" + _table(None, rows, numeric_from=2)
 
-    # Discrimination.
-    parts.append("<h2>Discrimination</h2>")
+
+def _discrimination(metrics: dict[str, Any]) -> str:
+    auroc = metrics["auroc"]
     if auroc.get("value") is None:
-        parts.append(f"<p class='headline'>{_e(auroc['undefined'])}</p>")
-    else:
-        delong = auroc.get("delong") or {}
-        parts.append(
-            f"<p class='headline'>AUROC <b>{_num(auroc['value'])}</b>"
-            f"{_ci(auroc.get('ci95'))} by patient bootstrap; DeLong{_ci(delong.get('ci95'))}."
-            f"<br>AUPRC <b>{_num(metrics['auprc']['value'])}</b>{_ci(metrics['auprc']['ci95'])}"
-            f" against a prevalence of {_num(metrics['auprc']['prevalence'])}.</p>"
-        )
+        return f"<h2>Discrimination</h2><p class='headline'>{_e(auroc['undefined'])}</p>"
+    delong = auroc.get("delong") or {}
+    auprc = metrics["auprc"]
+    return (
+        "<h2>Discrimination</h2>"
+        f"<p class='headline'>AUROC <b>{_num(auroc['value'])}</b>"
+        f"{_ci(auroc.get('ci95'))} by patient bootstrap; DeLong{_ci(delong.get('ci95'))}."
+        f"<br>AUPRC <b>{_num(auprc['value'])}</b>{_ci(auprc['ci95'])}"
+        f" against a prevalence of {_num(auprc['prevalence'])}.</p>"
+    )
 
-    # Operating points.
-    header = [
-        "operating point",
-        "threshold",
-        "sensitivity",
-        "specificity",
-        "PPV",
-        "NPV",
-        "F1",
-        "accuracy",
-        "TP / FP / TN / FN",
-    ]
+
+def _operating_points(metrics: dict[str, Any]) -> str:
+    header = ["operating point", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1",
+              "accuracy", "TP / FP / TN / FN"]  # fmt: skip
+    keys = ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")
     rows = []
     for name, op in metrics["operating_points"].items():
         c = op["confusion"]
         rows.append(
             [_e(name), _num(op["threshold"], 4)]
-            + [
-                _with_ci(op[k])
-                for k in ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")
-            ]
+            + [_with_ci(op[k]) for k in keys]
             + [f"{c['tp']} / {c['fp']} / {c['tn']} / {c['fn']}"]
         )
-    parts += ["<h2>Operating points (thresholds chosen on validation)</h2>", _table(header, rows)]
+    return "<h2>Operating points (thresholds chosen on validation)</h2>" + _table(header, rows)
 
-    # Calibration.
+
+def _calibration(metrics: dict[str, Any]) -> str:
     cal = metrics["calibration"]
-    parts += [
-        "<h2>Calibration</h2>",
-        _table(
-            [
-                "expected calibration error",
-                "Brier score",
-                "calibration slope",
-                "calibration intercept",
-            ],
-            [
-                [
-                    _num(cal["ece"]),
-                    _num(cal["brier"]),
-                    _num(cal["slope"], 2),
-                    _num(cal["intercept"], 2),
-                ]
-            ],
-            numeric_from=0,
-        ),
-        "<p class='note'>A calibrated model has slope 1 and intercept 0. Training weights the "
+    header = ["expected calibration error", "Brier score", "calibration slope",
+              "calibration intercept"]  # fmt: skip
+    row = [_num(cal["ece"]), _num(cal["brier"]), _num(cal["slope"], 2),
+           _num(cal["intercept"], 2)]  # fmt: skip
+    return (
+        "<h2>Calibration</h2>"
+        + _table(header, [row], numeric_from=0)
+        + "<p class='note'>A calibrated model has slope 1 and intercept 0. Training weights the "
         "positive class by the training prevalence, which shifts probabilities upwards; the "
-        "threshold, chosen on validation, accounts for that.</p>",
-    ]
+        "threshold, chosen on validation, accounts for that.</p>"
+    )
 
-    # Subgroups.
-    rows = []
-    for column, groups in metrics.get("subgroups", {}).items():
-        for name, g in groups.items():
-            rows.append(
-                [
-                    _e(f"{column} {name}"),
-                    str(g["images"]),
-                    str(g["patients"]),
-                    str(g["positives"]),
-                    _num(g["auroc"]) + _ci(g["ci95"]),
-                    _e(g.get("warning", "")),
-                ]
-            )
-    if rows:
-        parts += [
-            "<h2>Subgroups</h2>",
-            _table(
-                ["subgroup", "images", "patients", "positives", "AUROC (95 % CI)", "note"], rows
-            ),
-        ]
 
-    # Figures.
-    parts.append("<h2>Figures</h2><div class='figs'>")
+def _subgroups(metrics: dict[str, Any]) -> str:
+    rows = [
+        [_e(f"{column} {name}"), str(g["images"]), str(g["patients"]), str(g["positives"]),
+         _num(g["auroc"]) + _ci(g["ci95"]), _e(g.get("warning", ""))]
+        for column, groups in metrics.get("subgroups", {}).items()
+        for name, g in groups.items()
+    ]  # fmt: skip
+    if not rows:
+        return ""
+    header = ["subgroup", "images", "patients", "positives", "AUROC (95 % CI)", "note"]
+    return "<h2>Subgroups</h2>" + _table(header, rows)
+
+
+def _figures(figures: dict[str, Path], captions: dict[str, str]) -> str:
+    items = []
     for name, path in figures.items():
         caption = captions.get(name, name)
         wide = " class='wide'" if name == "training_curves.png" else ""
-        parts.append(
-            f"<figure{wide}><img src='{_image(path)}' alt='{_e(caption)}'>"
-            f"<figcaption>{_e(caption)}</figcaption></figure>"
-        )
-    parts.append("</div>")
+        items.append(f"<figure{wide}><img src='{_image(path)}' alt='{_e(caption)}'>"
+                     f"<figcaption>{_e(caption)}</figcaption></figure>")  # fmt: skip
+    return "<h2>Figures</h2><div class='figs'>" + "\n".join(items) + "</div>"
 
-    boot = auroc.get("bootstrap", {})
+
+def _methods(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
+    boot = metrics["auroc"].get("bootstrap", {})
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
-    parts += [
-        "<h2>Methods</h2><p class='note'>",
+    return (
+        "<h2>Methods</h2><p class='note'>"
         f"AUROC, AUPRC and F1 intervals: {boot.get('resamples', 'n/a')} bootstrap resamples of "
         "<i>patients</i> (all of a patient's images move together), stratified by whether the "
         f"patient has a positive image, seed {boot.get('seed', 'n/a')}, percentile method. "
         "DeLong's interval treats images as independent. Proportions: Wilson score intervals. "
         "Thresholds were chosen on the validation split at training time; evaluation never "
-        "chooses one on the data it scores.",
+        "chooses one on the data it scores."
         f"<br>Model written by {_e(versions)}. Report made "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
-        "</main></body></html>",
-    ]
-    return "\n".join(parts)
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"
+    )
 
 
 def render_comparison(result: dict[str, Any], roc: Path) -> str:
@@ -272,20 +233,14 @@ def render_comparison(result: dict[str, Any], roc: Path) -> str:
             f"{diff['value']:+.3f}{_ci(diff['ci95'])}; DeLong p = {diff['delong_p']:.3g}",
         ],
     ]
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>cardiomegaly: comparison</title><style>{_CSS}</style></head><body>",
-        "<div class='banner' role='note'>Research use only. Not a medical device.</div><main>",
+    sections = [
         "<h1>Two models on the same records</h1>",
         f"<p class='sub'>{_e(result['data'])}, {_e(result['split_description'])}: "
         f"{result['images']} images, {result['patients']} patients, "
         f"{result['positives']} positive.</p>",
-    ]
-    parts += [f"<div class='warn'>{_e(n)}</div>" for n in result.get("notes", [])]
-    parts += [
+        *(f"<div class='warn'>{_e(n)}</div>" for n in result.get("notes", [])),
         _table(["model", "file / method", "AUROC (95 % CI)"], rows, numeric_from=2),
         f"<figure style='max-width:560px'><img src='{_image(roc)}' alt='ROC curves'>"
         "<figcaption>ROC curves of both models</figcaption></figure>",
-        "</main></body></html>",
     ]
-    return "\n".join(parts)
+    return _page("cardiomegaly: comparison", sections)

@@ -389,3 +389,14 @@ BAD_IMAGES = {
     "rgba16.png": write_png_rgba16,
     "no-preamble.dcm": lambda p: write_dicom(p, preamble=False),
 }
+
+
+def chest_masks(shape=(64, 80), heart=(30, 50), lungs=((8, 36), (44, 72)), rows=(10, 56),
+                heart_rows=(30, 50)) -> dict[str, np.ndarray]:
+    """Rectangular heart and lung masks with known horizontal extents (first and last column,
+    inclusive). ``lungs`` are the image-left (patient's right) and image-right lungs."""
+    masks = {name: np.zeros(shape, bool) for name in ("heart", "left_lung", "right_lung")}
+    masks["right_lung"][rows[0] : rows[1], lungs[0][0] : lungs[0][1] + 1] = True
+    masks["left_lung"][rows[0] : rows[1], lungs[1][0] : lungs[1][1] + 1] = True
+    masks["heart"][heart_rows[0] : heart_rows[1], heart[0] : heart[1] + 1] = True
+    return masks

@@ -24,7 +24,6 @@ from cardiomegaly.predict import Classifier
 from makers import tiny_train_config
 
 export_module = importlib.import_module("cardiomegaly.export")  # the package re-exports export()
-train_module = importlib.import_module("cardiomegaly.train")  # and train()
 
 
 def test_training_writes_an_onnx_export_with_metadata_and_a_dynamic_batch(tiny_onnx, tiny_run):
@@ -63,7 +62,7 @@ def test_a_failed_export_at_the_end_of_training_leaves_a_usable_run(
     def broken(*args, **kwargs):
         raise RuntimeError("exporter crashed")
 
-    monkeypatch.setattr(train_module, "export", broken)
+    monkeypatch.setattr(export_module, "export", broken)
     config = tiny_train_config(tiny_phantoms, epochs=1, export_onnx=True)
     run = train(config, out=tmp_path / "run")
     assert "exporter crashed" in caplog.text

@@ -3,6 +3,7 @@ unpickled, and no patient identifier reaches any output."""
 
 from __future__ import annotations
 
+import importlib
 import random
 import signal
 import subprocess
@@ -118,13 +119,14 @@ class _Exploit:
 def test_too_little_disk_space_stops_training_before_the_first_epoch(
     tiny_phantoms, tmp_path, monkeypatch
 ):
-    real = train_module.shutil.disk_usage
+    runs_module = importlib.import_module("cardiomegaly.runs")  # the checks every run shares
+    real = runs_module.shutil.disk_usage
 
     def nearly_full(path):
         total, used, _ = real(path)
         return type(real(path))(total, used, 5 * 2**20)  # 5 MiB free
 
-    monkeypatch.setattr(train_module.shutil, "disk_usage", nearly_full)
+    monkeypatch.setattr(runs_module.shutil, "disk_usage", nearly_full)
     config = tiny_train_config(tiny_phantoms)
     with pytest.raises(UserError, match="MiB free, but this run needs about"):
         train(config, out=tmp_path / "run")

@@ -23,6 +23,30 @@ log = logging.getLogger(__name__)
 METADATA_KEY = "cardiomegaly"
 
 
+#: What each task's model is for, in the words of the error a wrong one gets.
+_TASK_WORDS = {
+    "classify": "a classification model; measure needs a segmentation model "
+    "(cardiomegaly train --task segment)",
+    "segment": "a segmentation model; give a classifier here (a segmentation model goes to "
+    "measure, or to --ctr-model)",
+}
+
+
+def require_task(meta: dict[str, Any], task: str, path: str | Path) -> None:
+    """Refuse a model file of the other task, saying where it belongs (files without a task are
+    classifiers: the first format said nothing).
+
+    >>> require_task({"task": "segment"}, "segment", "seg.safetensors")
+    >>> require_task({}, "segment", "clf.safetensors")
+    Traceback (most recent call last):
+    ...
+    cardiomegaly.errors.UserError: clf.safetensors: a classification model; measure needs a ...
+    """
+    found = meta.get("task", "classify")
+    if found != task:
+        raise UserError(f"{path}: {_TASK_WORDS.get(found, f'a model of task {found!r}')}")
+
+
 def temperature(meta: dict[str, Any]) -> float:
     """The calibration temperature of a model file: 1 unless fitted on validation at training.
 

@@ -174,10 +174,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError("no data: give --data DATA (a folder, CSV, data YAML or synthetic)")
         result = train(config, out=args.out)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for all
-        print(
-            f"model       {result.run_dir / 'model.safetensors'}  (epoch {result.best_epoch}, "
-            f"validation AUROC {result.val_auroc:.4f})"
-        )
+        best = (f"validation Dice {result.val_dice:.4f}" if hasattr(result, "val_dice")
+                else f"validation AUROC {result.val_auroc:.4f}")  # fmt: skip
+        print(f"model       {result.run_dir / 'model.safetensors'}  (epoch {result.best_epoch}, "
+              f"{best})")  # fmt: skip
         print(f"history     {result.run_dir / 'history.csv'}, {result.run_dir / 'curves.png'}")
         print(f"test        {result.run_dir / 'test' / 'metrics.json'}")
     return 0
@@ -196,6 +196,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "n_boot": args.bootstrap,
         "cache_dir": args.cache_dir,
     }
+    if len(args.models) == 1 and _task_of(args.models[0]) == "segment":
+        return _evaluate_segmenter(args.models[0], args.data, options)
     if len(args.models) == 2:
         result = compare(*args.models, args.data, **options)
         m = result.metrics
@@ -236,6 +238,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         for warning in m["warnings"]:
             print(f"warning     {warning}")
+    print(f"report      {result.folder / 'report.html'}")
+    return 0
+
+
+def _task_of(model: str) -> str:
+    from .model import read_metadata
+
+    return read_metadata(model).get("task", "classify")
+
+
+def _evaluate_segmenter(model: str, data: str, options: dict) -> int:
+    from .segment.evaluate import evaluate_segmenter
+
+    result = evaluate_segmenter(model, data, **options)
+    m = result.metrics
+    print(f"records     {m['films']} films, {m['patients']} patients ({m['split_description']}); "
+          f"{m['flagged']} flagged, {m['unreadable']} unreadable")  # fmt: skip
+    if "dice" in m:
+        for organ, d in m["dice"].items():
+            print(f"Dice        {organ:<11} {d['value']:.4f} (95 % CI {_ci(d['ci95'])})")
+        mae = m["ctr_error"]["mae"]
+        print(f"ratio       mean absolute error {mae['value']:.4f} (95 % CI {_ci(mae['ci95'])}) "
+              f"against the reference ratio")  # fmt: skip
+    else:
+        a = m["auroc"]
+        print(f"AUROC       {_num(a['value'])} (95 % CI {_ci(a.get('ci95'))}) of the ratio as a "
+              "cardiomegaly score")  # fmt: skip
+        for view, v in m["auroc_by_view"].items():
+            print(f"  {view:<9} {_num(v['value'])} (95 % CI {_ci(v.get('ci95'))}, {v.get('n', 0)} "
+                  f"films)")  # fmt: skip
     print(f"report      {result.folder / 'report.html'}")
     return 0
 
@@ -287,6 +319,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"predictions {out}")
     if not scored:
         raise UserError("no image could be read; see the reasons above")
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from .predict import find_images
+    from .segment.measure import Measurer, write_measurements
+    from .segment.overlay import draw_measurement
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".json"):
+        raise UserError(f"{out}: give a .csv or .json file to write")
+    if out.exists():
+        raise UserError(f"{out}: exists; give a new file (nothing was changed)")
+    paths = find_images(args.paths)
+    if not paths:
+        raise UserError(f"no image files found in {' '.join(args.paths)}")
+    measurer = Measurer.load(args.model, device=args.device)
+    overlays = fresh_folder(args.overlays) if args.overlays else None
+    results, names = [], set()
+    for m in measurer.measure_many(paths, args.batch_size, progress=True, total=len(paths)):
+        if overlays is not None and m.error is None:
+            stem = Path(m.path).stem
+            name = stem if stem not in names else f"{stem}-{len(names)}"
+            names.add(name)
+            draw_measurement(m.image, m.masks, m.measurement, m.view).save(overlays / f"{name}.png")
+        results.append(m)
+    write_measurements(results, out)
+    measured = [m for m in results if m.ctr is not None]
+    flagged = [m for m in results if m.error is None and m.ctr is None]
+    errors = [m for m in results if m.error is not None]
+    print(
+        f"measured    {len(measured)} of {len(paths)} films; {sum(m.ctr > 0.5 for m in measured)} "
+        f"with a ratio over 0.5; {len(flagged)} flagged (implausible geometry, see quality)"
+    )
+    if any(m.view == "AP" for m in measured):
+        print(
+            "note        AP films magnify the heart: a ratio over 0.5 on an AP film is not "
+            "cardiomegaly by itself (see the note column)"
+        )
+    for m in errors[:20]:
+        print(f"error       {m.error}")
+    if overlays is not None:
+        print(f"overlays    {overlays}")
+    print(f"ratios      {out}")
+    if not measured and not flagged:
+        raise UserError("no film could be read; see the reasons above")
     return 0
 
 
@@ -391,8 +469,9 @@ class _Archs:
 
     def _names(self) -> list[str]:
         from .model import ARCHS
+        from .segment.model import SEG_ARCHS
 
-        return list(ARCHS)
+        return [*ARCHS, *SEG_ARCHS]
 
     def __contains__(self, name: object) -> bool:
         return name in self._names()
@@ -519,6 +598,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cam", metavar="DIR", help="also write Grad-CAM overlays into this new folder")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("measure", help="the cardiothoracic ratio of films, from a segment model")
+    p.add_argument("model", metavar="SEGMODEL", help="a segment model file (train --task segment)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders (recursive), globs")
+    p.add_argument("--out", required=True, help="a .csv or .json file to write")
+    p.add_argument(
+        "--overlays", metavar="DIR", help="also draw each measurement into this new folder"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("explain", help="Grad-CAM overlays and localisation against heart boxes")
     p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")

@@ -24,11 +24,12 @@ from .fileio import atomic_write_text
 
 T = TypeVar("T")
 
-FORMATS = ("nih", "chexpert", "mimic", "csv", "folder", "synthetic")
+FORMATS = ("nih", "chexpert", "mimic", "csv", "folder", "synthetic", "masks")
 RESIZE_POLICIES = ("pad", "squash")
 SCHEDULES = ("cosine", "plateau")
 DEVICES = ("auto", "cpu", "cuda")
 THRESHOLD_RULES = ("youden", "sens90", "spec90")
+TASKS = ("classify", "segment")
 
 
 def _opt(default: Any, help: str, **cli: Any) -> Any:
@@ -163,6 +164,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "patience": 12,
     },
+    # Heart and lung masks from scratch: a 16-channel U-Net at 256 px (the JSRT recipe).
+    "segment": {
+        "task": "segment",
+        "arch": "unet",
+        "weights": "none",
+        "image_size": 256,
+        "epochs": 30,
+        "batch_size": 8,
+        "lr": 2e-3,
+        "patience": 10,
+    },
 }
 
 
@@ -171,9 +183,14 @@ class TrainConfig:
     """Everything one training run needs; saved as ``config.yaml`` in the run folder."""
 
     data: str = _opt("", "data folder, CSV, data YAML, or 'synthetic'")
-    arch: str = _opt("inception_v3", "backbone: %(choices)s (inception_v3)", choices="archs")
+    task: str = _opt("classify", "classify (cardiomegaly probability) or segment (heart and "
+                     "lungs, for the cardiothoracic ratio) (classify)", choices=TASKS)  # fmt: skip
+    arch: str = _opt("inception_v3", "network: %(choices)s (inception_v3; unet for segment)",
+                     choices="archs")  # fmt: skip
+    width: int = _opt(16, "segment: channels of the U-Net's first level (16)", kind="positive")
     weights: str = _opt("imagenet", "imagenet (default), none, or a weights / model file")
-    image_size: int = _opt(299, "model input, pixels per side (299)", kind="image_size")
+    image_size: int = _opt(299, "model input, pixels per side (299; 256 for segment)",
+                           kind="positive")  # fmt: skip
     resize: str = _opt(
         "pad", "pad: keep the aspect ratio; squash: stretch (pad)", choices=RESIZE_POLICIES
     )
@@ -207,7 +224,12 @@ class TrainConfig:
     device: str = _opt("auto", "auto: CUDA when there is one (auto)", choices=DEVICES)
     workers: int = _opt(0, "data-loading processes (0)")
     cache_dir: str | None = _opt(None, "preprocessing cache (default: user cache folder)")
-    preset: str | None = _opt(None, "demo: phantoms, 128 px, 12 epochs", choices="presets")
+    preset: str | None = _opt(
+        None,
+        "demo: phantoms, 128 px, 12 epochs; segment: U-Net, 256 px, 30 epochs (implied by "
+        "--task segment)",
+        choices="presets",
+    )
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data_config: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -220,6 +242,8 @@ class TrainConfig:
         128
         """
         values: dict[str, Any] = {}
+        if preset is None and overrides.get("task") == "segment":
+            preset = "segment"  # the segment task's own defaults
         if preset:
             if preset not in PRESETS:
                 raise ConfigError(_unknown("preset", preset, PRESETS))
@@ -229,7 +253,12 @@ class TrainConfig:
         return from_dict(cls, values)
 
     def __post_init__(self) -> None:
-        PreprocessConfig(self.image_size, self.resize)  # validates both
+        if self.task not in TASKS:
+            raise ConfigError(_unknown("task", self.task, TASKS))
+        if self.task == "classify":
+            PreprocessConfig(self.image_size, self.resize)  # validates both
+        elif self.resize not in RESIZE_POLICIES:
+            raise ConfigError(_unknown("resize", self.resize, RESIZE_POLICIES))
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")

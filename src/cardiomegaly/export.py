@@ -42,8 +42,9 @@ from .data.split import select_records
 from .errors import UserError
 from .evaluate.metrics import auroc
 from .fileio import FILE_MODE, sha256_of
-from .model import CardioNet, load_model
+from .model import CardioNet, load_model, read_metadata
 from .predict import Classifier
+from .segment.model import SegNet, load_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def export(
     again = format == "onnx" and is_export_of(out, model)  # e.g. the one training wrote
     if out.exists() and not again:
         raise UserError(f"{out}: exists; give another --out (nothing was changed)")
-    net, meta = load_model(model)
+    net, meta = _load(model)
     # Which model file this is an export of: predict's default backend uses a model.onnx only
     # when it matches the model file beside it byte for byte.
     meta = {**meta, "exported_from": {"sha256": sha256_of(model)}}
@@ -124,7 +125,31 @@ def export(
     return ExportResult(out, format, difference, samples)
 
 
-def _export_onnx(net: CardioNet, meta: dict[str, Any], x: torch.Tensor, path: Path) -> np.ndarray:
+def export_beside(model_file: Path) -> None:
+    """model.onnx beside a model file that training just wrote, which predict and measure run on
+    ONNX Runtime on a CPU. A failed export costs speed, not the run: say so and go on."""
+    onnx_path = model_file.with_suffix(".onnx")
+    onnx_path.unlink(missing_ok=True)  # an export of an earlier model file in this run
+    try:
+        result = export(model_file, "onnx", onnx_path)
+    except Exception as exc:
+        log.warning("no model.onnx: the export failed (%s); predict will use PyTorch", exc)
+        return
+    log.info("exported    %s (max probability difference to PyTorch %.1e)", result.path,
+             result.max_probability_difference)  # fmt: skip
+
+
+def _load(model: Path) -> tuple[CardioNet | SegNet, dict[str, Any]]:
+    """Either task's network: a classifier gives one logit per film, a segment model one logit
+    map per organ; both exports take the same input and carry their metadata."""
+    if read_metadata(model).get("task", "classify") == "segment":
+        return load_segmenter(model)
+    return load_model(model)
+
+
+def _export_onnx(
+    net: CardioNet | SegNet, meta: dict[str, Any], x: torch.Tensor, path: Path
+) -> np.ndarray:
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -134,7 +159,7 @@ def _export_onnx(net: CardioNet, meta: dict[str, Any], x: torch.Tensor, path: Pa
             dynamo=True,
             opset_version=OPSET,
             input_names=["image"],
-            output_names=["logit"],
+            output_names=["logits" if meta.get("task") == "segment" else "logit"],
             dynamic_shapes={"x": {0: batch}},
             verbose=False,
         )

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .artifacts import require_task
 from .config import CLASS_NAMES, PreprocessConfig
 from .errors import UserError
 from .fileio import FILE_MODE, sha256_of
@@ -33,6 +34,8 @@ from .fileio import FILE_MODE, sha256_of
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: What a model file can be; consumers dispatch on its ``task``.
+TASKS = ("classify", "segment")
 _METADATA_KEY = "cardiomegaly"
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -153,6 +156,10 @@ class CardioNet(nn.Module):
             aux = None if aux is None else aux.squeeze(1)
         return (out.squeeze(1), aux) if with_aux else out.squeeze(1)
 
+    def describe(self) -> dict[str, Any]:
+        """What the model file records to rebuild this network."""
+        return {"name": self.arch, "dropout": self.dropout_p, "aux_logits": self.aux_logits}
+
     def train(self, mode: bool = True) -> CardioNet:
         super().train(mode)
         for module in self._frozen_bn:  # frozen blocks keep their batch-norm statistics
@@ -250,7 +257,7 @@ def load_weights(model: CardioNet, source: str) -> dict[str, Any]:
         raise UserError(f"--weights {source}: no such file; use imagenet, none, or a weights file")
     digest = sha256_of(path)
     if is_model_file(path):
-        state, meta = _read_safetensors(path)
+        state, meta = load_state(path)
         if meta["architecture"]["name"] != model.arch:
             raise UserError(
                 f"{path}: a {meta['architecture']['name']} model, not {model.arch}; pass "
@@ -335,15 +342,14 @@ def _load_exact(net: nn.Module, state: dict[str, torch.Tensor], where: Path) -> 
 # ---------------------------------------------------------------------------------- model file
 
 
-def save_model(path: str | Path, model: CardioNet, metadata: dict[str, Any]) -> None:
-    """Write weights and metadata to one ``model.safetensors``, atomically."""
+def save_model(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+    """Write weights and metadata to one ``model.safetensors``, atomically. The model says how
+    to rebuild it (``describe()``); ``metadata`` may set ``task`` and ``classes`` (a segment
+    model does), else the file is a classifier's."""
     meta = {
         "format_version": FORMAT_VERSION,
-        "architecture": {
-            "name": model.arch,
-            "dropout": model.dropout_p,
-            "aux_logits": model.aux_logits,
-        },
+        "task": "classify",
+        "architecture": model.describe(),
         "classes": CLASS_NAMES,
         **metadata,
     }
@@ -383,19 +389,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"{path}: model file format {version}, this cardiomegaly reads {FORMAT_VERSION}; "
             "use the version that wrote it"
         )
-    for key in ("architecture", "preprocessing", "threshold"):
+    task = meta.get("task", "classify")  # files of the first release say nothing: classifiers
+    if task not in TASKS:
+        raise UserError(f"{path}: model metadata is not valid (task {task!r}; file edited?)")
+    for key in ("architecture", "preprocessing", *(("threshold",) if task == "classify" else ())):
         if key not in meta:
             raise UserError(f"{path}: model metadata lacks '{key}' (file edited?)")
-    _check_metadata(path, meta)
+    _check_metadata(path, meta, task)
     return meta
 
 
-def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
+def _check_metadata(path: Path, meta: dict[str, Any], task: str) -> None:
     """The fields every consumer relies on have the types and ranges training writes."""
     try:
+        pre = meta["preprocessing"]
+        if not isinstance(pre["image_size"], int):
+            raise ValueError(f"image_size {pre['image_size']!r} is not a whole number")
+        if task == "segment":  # its network registry lives with the segment task
+            return
         if meta["architecture"]["name"] not in ARCHS:
             raise ValueError(f"unknown architecture {meta['architecture']['name']!r}")
-        pre = meta["preprocessing"]
         if not isinstance(pre["image_size"], int):
             raise ValueError(f"image_size {pre['image_size']!r} is not a whole number")
         PreprocessConfig(pre["image_size"], pre["resize"])
@@ -413,7 +426,9 @@ def is_model_file(path: str | Path) -> bool:
     return True
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights (a state dict on the CPU) and the metadata of a model file of either task."""
+    path = Path(path)
     meta = read_metadata(path)
     try:
         state = load_file(path, device="cpu")
@@ -429,7 +444,8 @@ def load_model(path: str | Path) -> tuple[CardioNet, dict[str, Any]]:
     >>> meta["preprocessing"]["image_size"], meta["threshold"]["value"]  # doctest: +SKIP
     (299, 0.41)
     """
-    state, meta = _read_safetensors(Path(path))
+    state, meta = load_state(path)
+    require_task(meta, "classify", path)
     arch = meta["architecture"]
     model = CardioNet(
         arch["name"], dropout=arch.get("dropout", 0.5), aux_logits=arch.get("aux_logits", False)

@@ -22,17 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
-from .artifacts import probabilities, read_onnx_metadata
+from .artifacts import probabilities, require_task
 from .config import CLASS_NAMES
 from .data.images import IMAGE_SUFFIXES, pil_to_float
 from .data.preprocess import prepare_file, quantize, to_float, to_square
-from .errors import ImageError, UserError
-from .fileio import atomic_open, atomic_write_text, sha256_of
+from .errors import ImageError
+from .fileio import atomic_open, atomic_write_text
 from .progress import progress_bar
-from .runtime import autocast, cpu_threads, select_device, to_device
+from .runtime import autocast, onnx_backend, select_device, to_device
 
 # torch (and the model module, which needs it) is imported where it is used: on a CPU, predict
 # runs model.onnx on ONNX Runtime and then never loads torch (half a gigabyte, seconds of start-up).
@@ -105,25 +104,10 @@ class Classifier:
         >>> Classifier.load("runs/train/exp/model.safetensors").backend     # doctest: +SKIP
         'onnx'
         """
-        path = Path(path)
-        if backend not in ("auto", "torch", "onnx"):
-            raise UserError(f"unknown backend '{backend}'; choose auto, torch or onnx")
-        if path.suffix == ".onnx":
-            backend = "onnx"
-        onnx_path = (
-            path if path.suffix == ".onnx" else path.with_name(path.name.split(".")[0] + ".onnx")
-        )
-        if backend == "auto" and onnx_path.is_file() and not _cuda_wanted(device):
-            session, meta = _export_session(onnx_path, path)
-            if session is not None:
-                return cls(None, meta, device, session)
-        if backend == "onnx":
-            if not onnx_path.is_file():
-                raise UserError(
-                    f"{onnx_path}: no ONNX export; make it with "
-                    f"'cardiomegaly export {path} --format onnx'"
-                )
-            return cls(None, read_onnx_metadata(onnx_path), device, _onnx_session(onnx_path))
+        session, meta = onnx_backend(path, device, backend)
+        if session is not None:
+            require_task(meta, "classify", path)
+            return cls(None, meta, device, session)
         from .model import load_model
 
         model, meta = load_model(path)
@@ -200,35 +184,6 @@ class Classifier:
             return self.preprocess(x), None
         except ImageError as exc:
             return None, str(exc)
-
-
-def _cuda_wanted(device: str) -> bool:
-    """Whether ``device`` would run on CUDA, asking torch only where a GPU could be."""
-    if device == "cpu" or (os.name == "posix" and not glob.glob("/dev/nvidia[0-9]*")):
-        return False
-    return select_device(device).type == "cuda"
-
-
-def _export_session(onnx_path: Path, model_path: Path) -> tuple[Any, dict[str, Any]]:
-    """An ONNX Runtime session of ``onnx_path`` and its metadata when it is an export of
-    ``model_path`` as that file is now (its SHA-256 is in the metadata); else (None, {})."""
-    try:
-        session = _onnx_session(onnx_path)
-        meta = json.loads(session.get_modelmeta().custom_metadata_map["cardiomegaly"])
-    except Exception:  # not ours, or not readable: PyTorch answers instead
-        return None, {}
-    if meta.get("exported_from", {}).get("sha256") != sha256_of(model_path):
-        return None, {}
-    return session, meta
-
-
-def _onnx_session(path: Path):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = cpu_threads()
-    # A memory plan per input shape holds every activation at once: without it, peak memory at
-    # batch 16 and 299 px falls by about 0.2 GB at no cost in speed (make bench).
-    options.enable_mem_pattern = False
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:

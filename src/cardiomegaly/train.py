@@ -13,7 +13,6 @@ import datetime
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +33,30 @@ from .data.cache import ImageCache
 from .data.dataset import XrayDataset, train_augmentation
 from .data.records import Records, load_records
 from .data.split import TEST_SPLIT, patient_split, save_splits
-from .errors import UserError, first_line
+from .errors import UserError
 from .evaluate import plots
 from .evaluate.metrics import auroc, choose_threshold, fit_temperature
 from .evaluate.report import write_report
-from .export import export
-from .fileio import atomic_open, next_run_folder
+from .export import export_beside
+from .fileio import atomic_open
 from .model import CardioNet, build_model, load_model, load_weights, preprocessing_for, save_model
 from .progress import progress_bar
-from .runtime import autocast, score_dataset, select_device, to_device
+from .runs import (
+    Dist,
+    barrier,
+    check_space,
+    check_writable,
+    gather,
+    gather_sum,
+    load_checkpoint,
+    read_skipped,
+    run_folder,
+    save_checkpoint,
+    setup_distributed,
+    write_skipped,
+)
+from .runtime import autocast, score_dataset, to_device
+from .segment.train import SegmentResult, train_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +73,14 @@ class TrainResult:
     test: dict[str, float]
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
 def train(
     cfg: TrainConfig | None = None,
     out: str | Path | None = None,
     resume: str | Path | None = None,
-) -> TrainResult:
+) -> TrainResult | SegmentResult:
     """Train a model as ``cfg`` says; write the run folder; evaluate the best model on test.
+    ``cfg.task`` chooses the classifier (this module) or heart and lung segmentation
+    (:mod:`cardiomegaly.segment.train`).
 
     ``resume`` continues a killed run from its ``last.pt`` (with the configuration saved there)
     and ends with the same weights as an uninterrupted run on the CPU.
@@ -87,8 +92,10 @@ def train(
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir}: no config.yaml, so no run to resume; start a new one")
         cfg = from_dict(TrainConfig, load_yaml(run_dir / "config.yaml"))
-    ddp = _setup_distributed(cfg.device)
+    ddp = setup_distributed(cfg.device)
     try:
+        if cfg.task == "segment":
+            return train_segmenter(cfg, ddp, out, resume)
         return _train(cfg, ddp, out, resume)
     finally:
         if ddp.world > 1:
@@ -128,9 +135,9 @@ class _Optim:
     scaler: torch.amp.GradScaler
 
 
-def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
+def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
     _seed(cfg.seed)
-    run_dir = Path(resume) if resume else _run_dir(out, ddp)
+    run_dir = Path(resume) if resume else run_folder(out, ddp)
     if Path(cfg.data).exists():  # a resume from another folder finds the data again
         cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
     # The model first: a missing weights file or an offline download fails in seconds.
@@ -188,8 +195,8 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
                     loss=f"{total / sum(len(t) for t in labels_seen):.4f}",
                     auroc=f"{auroc(torch.cat(labels_seen), torch.cat(logits_seen)):.3f}",
                 )
-        train_logits, train_labels = _gather(ddp, torch.cat(logits_seen), torch.cat(labels_seen))
-        train_loss = _gather_sum(ddp, total) / len(train_labels)
+        train_logits, train_labels = gather(ddp, torch.cat(logits_seen), torch.cat(labels_seen))
+        train_loss = gather_sum(ddp, total) / len(train_labels)
 
         # Validate.
         val_logits = _score(model, data.val, cfg, ddp)
@@ -241,7 +248,7 @@ def _train(cfg: TrainConfig, ddp: _Dist, out, resume) -> TrainResult:
             _write_history(run_dir, state.history)
             _log_scalars(board, row)
             _save_last(run_dir / "last.pt", model, opt.optimizer, opt.scheduler, state)
-        _barrier(ddp)
+        barrier(ddp)
         if state.bad_epochs >= cfg.patience:
             if ddp.main:
                 log.info("early stop: no better validation AUROC for %d epochs", cfg.patience)
@@ -264,14 +271,14 @@ def _seed(seed: int) -> None:
 
 def _start_run_folder(run_dir: Path, cfg: TrainConfig, model: CardioNet) -> None:
     """Writable, room for what the run writes, and the resolved config saved first."""
-    _check_writable(run_dir)
+    check_writable(run_dir)
     # The model file, last.pt (weights and two Adam moments), model.onnx, and reports.
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    _check_space(run_dir, 5 * weights + 50 * 2**20, "this run")
+    check_space(run_dir, 5 * weights + 50 * 2**20, "this run")
     save_yaml(cfg, run_dir / "config.yaml")
 
 
-def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: _Dist, resume) -> _Data:
+def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: Dist, resume) -> _Data:
     """Records, the patient-wise split (kept with the run), the cache warmed once by rank 0."""
     records = load_records(cfg.data, cfg.data_config)
     if resume and (run_dir / "splits.csv").is_file():
@@ -282,13 +289,13 @@ def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: _Dist, resume) -> _Data:
         save_splits(records, split, run_dir / "splits.csv")
         paths = list(records.table["path"])
         space = "the preprocessing cache (--cache-dir chooses another place)"
-        _check_space(cache.folder, cache.bytes_needed(paths), space)
+        check_space(cache.folder, cache.bytes_needed(paths), space)
         bad = cache.warm(paths)
         for _path, reason in bad:
             log.warning("skipped     %s", reason)
-        _write_skipped(run_dir, bad)
-    _barrier(ddp)
-    bad_paths = {path for path, _ in _read_skipped_rows(run_dir)}
+        write_skipped(run_dir, bad)
+    barrier(ddp)
+    bad_paths = {path for path, _ in read_skipped(run_dir)}
     keep = ~records.table["path"].isin(bad_paths)
     tables = {name: records.table[keep & (split == name)] for name in ("train", "val", "test")}
     for name, table in tables.items():
@@ -303,7 +310,7 @@ def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: _Dist, resume) -> _Data:
     )
 
 
-def _optimisation(cfg: TrainConfig, model: CardioNet, data: _Data, ddp: _Dist) -> _Optim:
+def _optimisation(cfg: TrainConfig, model: CardioNet, data: _Data, ddp: Dist) -> _Optim:
     """Weighted BCE (or a balanced sampler), AdamW with a slower backbone when pretrained."""
     positives = float(data.tables["train"]["label"].sum())
     pos_weight = None if cfg.balanced_sampler else (len(data.train) - positives) / positives
@@ -325,8 +332,8 @@ def _optimisation(cfg: TrainConfig, model: CardioNet, data: _Data, ddp: _Dist) -
     return _Optim(criterion, optimizer, _scheduler(cfg, optimizer), scaler)
 
 
-def _resume(run_dir: Path, model: CardioNet, opt: _Optim, ddp: _Dist) -> _State:
-    saved = _load_last(run_dir / "last.pt")
+def _resume(run_dir: Path, model: CardioNet, opt: _Optim, ddp: Dist) -> _State:
+    saved = load_checkpoint(run_dir / "last.pt")
     model.net.load_state_dict(saved["model"])
     opt.optimizer.load_state_dict(saved["optimizer"])
     opt.scheduler.load_state_dict(saved["scheduler"])
@@ -336,7 +343,7 @@ def _resume(run_dir: Path, model: CardioNet, opt: _Optim, ddp: _Dist) -> _State:
     return state
 
 
-def _finish(cfg: TrainConfig, ddp: _Dist, run_dir: Path, data: _Data) -> dict[str, Any]:
+def _finish(cfg: TrainConfig, ddp: Dist, run_dir: Path, data: _Data) -> dict[str, Any]:
     """The best model, read back from its file; calibrated on validation when asked; evaluated
     on the test split, which nothing before has looked at; exported to ONNX."""
     best, meta = load_model(run_dir / "model.safetensors")
@@ -353,7 +360,7 @@ def _finish(cfg: TrainConfig, ddp: _Dist, run_dir: Path, data: _Data) -> dict[st
     if not ddp.main:
         return {}
     scored = data.tables["test"].assign(probability=test_probs)
-    skipped = [{"path": p, "reason": r} for p, r in _read_skipped_rows(run_dir)]
+    skipped = [{"path": p, "reason": r} for p, r in read_skipped(run_dir)]
     context = {
         "model": str(run_dir / "model.safetensors"),
         "data": str(cfg.data),
@@ -389,7 +396,7 @@ def _finish(cfg: TrainConfig, ddp: _Dist, run_dir: Path, data: _Data) -> dict[st
         test["positives"],
     )
     if cfg.export_onnx:
-        _export_onnx(run_dir / "model.safetensors")
+        export_beside(run_dir / "model.safetensors")
     return test
 
 
@@ -415,94 +422,6 @@ def _log_scalars(board, row: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------- helpers
 
 
-def _export_onnx(model_file: Path) -> None:
-    """model.onnx beside the model file, which predict runs on ONNX Runtime on a CPU. A failed
-    export costs speed, not the run: say so and go on."""
-    onnx_path = model_file.with_suffix(".onnx")
-    onnx_path.unlink(missing_ok=True)  # an export of an earlier model file in this run
-    try:
-        result = export(model_file, "onnx", onnx_path)
-    except Exception as exc:
-        log.warning("no model.onnx: the export failed (%s); predict will use PyTorch", exc)
-        return
-    log.info(
-        "exported    %s (max probability difference to PyTorch %.1e)",
-        result.path,
-        result.max_probability_difference,
-    )
-
-
-def _setup_distributed(device: str) -> _Dist:
-    """One process, or one rank of a ``torchrun`` job (gloo on CPU, nccl on GPU)."""
-    chosen = select_device(device)
-    use_cuda = chosen.type == "cuda"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return _Dist(0, 1, chosen)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    device_ = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    return _Dist(dist.get_rank(), dist.get_world_size(), device_)
-
-
-def _barrier(ddp: _Dist) -> None:
-    if ddp.world > 1:
-        dist.barrier()
-
-
-def _run_dir(out: str | Path | None, ddp: _Dist) -> Path:
-    """runs/train/exp, exp2, ... (or ``out``); rank 0 decides, every rank uses its answer."""
-    chosen = [None]
-    if ddp.main:
-        if out is not None:
-            path = Path(out)
-            if path.is_file() or (path.is_dir() and any(path.iterdir())):
-                raise UserError(f"{path}: exists and is not an empty folder; give a new --out")
-        else:
-            path = next_run_folder(Path("runs") / "train", "exp")
-        chosen = [str(path)]
-    if ddp.world > 1:
-        dist.broadcast_object_list(chosen, src=0)
-    return Path(chosen[0])
-
-
-def _check_writable(run_dir: Path) -> None:
-    """Fail before an hour of training, not after it."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc})") from None
-    log.info("run folder %s", run_dir)
-
-
-def _check_space(folder: Path, needed: int, what: str) -> None:
-    """Fail now when the disk cannot hold what the run will write, not after an hour."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    free = shutil.disk_usage(existing).free
-    if free < needed:
-        raise UserError(
-            f"{folder}: {free / 2**20:.0f} MiB free, but {what} needs about "
-            f"{needed / 2**20:.0f} MiB; free some space first"
-        )
-
-
-def _write_skipped(run_dir: Path, bad: list[tuple[str, str]]) -> None:
-    with atomic_open(run_dir / "skipped.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows(bad)
-
-
-def _read_skipped_rows(run_dir: Path) -> list[tuple[str, str]]:
-    with open(run_dir / "skipped.csv", newline="", encoding="utf-8") as f:
-        return [(row["path"], row["reason"]) for row in csv.DictReader(f)]
-
-
 def _stages(cfg: TrainConfig) -> list[tuple[int, str | tuple[str, ...]]]:
     """(stage, trainable blocks) for every epoch."""
     if cfg.weights == "none":
@@ -518,7 +437,7 @@ def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
 
 
-def _train_loader(cfg: TrainConfig, ds: XrayDataset, ddp: _Dist, epoch: int) -> DataLoader:
+def _train_loader(cfg: TrainConfig, ds: XrayDataset, ddp: Dist, epoch: int) -> DataLoader:
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     if ddp.world > 1:
         if cfg.balanced_sampler:
@@ -544,23 +463,7 @@ def _train_loader(cfg: TrainConfig, ds: XrayDataset, ddp: _Dist, epoch: int) -> 
     )
 
 
-def _gather(ddp: _Dist, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    if ddp.world == 1:
-        return list(tensors)
-    parts: list[Any] = [None] * ddp.world
-    dist.all_gather_object(parts, [t.cpu() for t in tensors])
-    return [torch.cat([p[i] for p in parts]) for i in range(len(tensors))]
-
-
-def _gather_sum(ddp: _Dist, value: float) -> float:
-    if ddp.world == 1:
-        return value
-    parts: list[Any] = [None] * ddp.world
-    dist.all_gather_object(parts, value)
-    return float(sum(parts))
-
-
-def _score(model, ds: XrayDataset, cfg: TrainConfig, ddp: _Dist) -> torch.Tensor:
+def _score(model, ds: XrayDataset, cfg: TrainConfig, ddp: Dist) -> torch.Tensor:
     return score_dataset(model, ds, cfg.batch_size, ddp.device, rank=ddp.rank, world=ddp.world)
 
 
@@ -631,19 +534,7 @@ def _save_last(path: Path, model: CardioNet, optimizer, scheduler, state: _State
         "scheduler": scheduler.state_dict(),
         "state": dataclasses.asdict(state),
     }
-    with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
-
-
-def _load_last(path: Path) -> dict[str, Any]:
-    """last.pt, unpickling nothing but tensors and plain containers (``weights_only``)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = first_line(exc)
-        raise UserError(
-            f"{path}: not a checkpoint this tool wrote; refused ({reason[:120]})"
-        ) from None
+    save_checkpoint(path, payload)
 
 
 def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:

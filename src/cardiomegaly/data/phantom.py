@@ -18,7 +18,7 @@ import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..fileio import atomic_open, atomic_write_text
 from ..progress import progress_bar
+from ..segment.ctr import MASK_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class Phantom:
     label: int
     view: str
     box: tuple[int, int, int, int]
+    #: Boolean masks by organ (MASK_CLASSES): heart, and the patient's left and right lungs.
+    masks: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
 
 
 def _soft(level: np.ndarray, eps: float) -> np.ndarray:
@@ -236,7 +239,12 @@ def render_phantom(
         int(rows.max() - rows.min() + 1),
     )
     true_ctr = (u_l - u_r) / (2 * half_t)
-    return Phantom(np.asarray(image), float(true_ctr), int(true_ctr > 0.5), view, box)
+    # Masks as the JSRT/SCR ones are drawn: the whole heart silhouette, and each lung field
+    # (the patient's left lung is on the image right, u > 0, on a PA film).
+    lung = (lungs > 0.5) & (torso > 0.5)
+    masks = {"heart": (heart_level < 0) & (v < dome + 0.02),
+             "left_lung": lung & (u > 0.01), "right_lung": lung & (u <= 0.01)}  # fmt: skip
+    return Phantom(np.asarray(image), float(true_ctr), int(true_ctr > 0.5), view, box, masks)
 
 
 def _marker(image: Image.Image, view: str, rng: np.random.Generator) -> None:
@@ -315,6 +323,9 @@ def _film(job: tuple[int, int, int, int, int, Path]) -> tuple[dict, Phantom]:
     name = f"images/{patient:05d}_{follow:03d}.png"
     with atomic_open(out / name, "wb") as f:
         Image.fromarray(phantom.image, mode="L").save(f, format="PNG")
+    for organ, mask in phantom.masks.items():  # masks/<class>/NAME.png, 255 inside (JSRT layout)
+        with atomic_open(out / "masks" / organ / Path(name).name, "wb") as f:
+            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(f, format="PNG")
     row = {
         "image": name,
         "patient": f"{patient:05d}",
@@ -349,7 +360,8 @@ def synthesize(
     PosixPath('/tmp/phantoms/phantoms.csv')
     """
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    for folder in ("images", *(f"masks/{organ}" for organ in MASK_CLASSES)):
+        (out / folder).mkdir(parents=True, exist_ok=True)
     jobs = [(i, p, f, seed, size, out) for i, (p, f) in enumerate(_draw_patients(n, seed))]
     workers = min(workers or os.cpu_count() or 1, max(1, n // 8))
     with contextlib.ExitStack() as stack:
@@ -368,6 +380,7 @@ def synthesize(
         out / "README.txt",
         f"Synthetic chest-film phantoms: cardiomegaly synth --n {n} --size {size} --seed {seed}.\n"
         "Label = cardiothoracic ratio (ctr) > 0.5; box = heart (x, y, w, h pixels).\n"
+        "masks/<organ>/NAME.png: heart, left_lung, right_lung (the patient's), 255 inside.\n"
         "For demos and tests only: not radiographs of anyone, never for medical claims.\n",
     )
     # The CSV goes last: its presence marks a complete folder.

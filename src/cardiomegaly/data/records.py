@@ -138,11 +138,14 @@ def detect_format(path: Path) -> str:
         for name in ("train.csv", "valid.csv"):
             if name in names and _has_columns(path / name, {"Path", "Cardiomegaly"}):
                 return "chexpert"
+        if {"images", "masks"} <= names and (path / "masks").is_dir():
+            return "masks"
         if any(sources.class_of_folder(p.name) is not None for p in path.iterdir() if p.is_dir()):
             return "folder"
         raise DataError(
             f"{path}: cannot tell the data format (no Data_Entry_2017*.csv, CheXpert train.csv, "
-            "MIMIC-CXR CSVs, phantoms.csv or class sub-folders); write a data YAML naming "
+            "MIMIC-CXR CSVs, phantoms.csv, images/ with masks/, or class sub-folders); write a "
+            "data YAML naming "
             "'format' and 'columns'"
         )
     columns = _read_header(path)

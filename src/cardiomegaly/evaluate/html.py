@@ -34,7 +34,8 @@ figcaption { font-size: 0.9em; color: #444; }
 """
 
 
-def _e(value: Any) -> str:
+def esc(value: Any) -> str:
+    """Text made safe for HTML."""
     return html.escape(str(value))
 
 
@@ -52,8 +53,9 @@ def _with_ci(entry: dict[str, Any] | None) -> str:
     return _num(entry["value"]) + _ci(entry.get("ci95"))
 
 
-def _table(header: list[str] | None, rows: list[list[str]], numeric_from: int = 1) -> str:
-    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
+def table(header: list[str] | None, rows: list[list[str]], numeric_from: int = 1) -> str:
+    """An HTML table; cells from column ``numeric_from`` on are right-aligned numbers."""
+    head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join(
         "<tr>"
         + "".join(
@@ -80,26 +82,26 @@ def render_report(
     """The evaluation as one HTML page: what was scored, the numbers, the figures, the methods."""
     sections = [
         "<h1>Cardiomegaly classifier: evaluation</h1>",
-        f"<p class='sub'>{_e(metrics.get('split_description', ''))}</p>",
-        *(f"<div class='warn'>{_e(w)}</div>" for w in metrics.get("warnings", [])),
+        f"<p class='sub'>{esc(metrics.get('split_description', ''))}</p>",
+        *(f"<div class='warn'>{esc(w)}</div>" for w in metrics.get("warnings", [])),
         _what_was_evaluated(metrics, meta),
         _discrimination(metrics),
         _operating_points(metrics),
         _calibration(metrics),
         _subgroups(metrics),
-        _figures(figures, captions),
+        figures_section(figures, captions),
         _methods(metrics, meta),
     ]
-    return _page(f"cardiomegaly evaluation: {metrics.get('split', '')}", sections)
+    return page(f"cardiomegaly evaluation: {metrics.get('split', '')}", sections)
 
 
-def _page(title: str, sections: list[str]) -> str:
+def page(title: str, sections: list[str]) -> str:
     """The page around the sections: the research-use banner first, styles inline."""
     return "\n".join(
         [
             "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-            f"<title>{_e(title)}</title>",
+            f"<title>{esc(title)}</title>",
             f"<style>{_CSS}</style></head><body>",
             "<div class='banner' role='note'>Research use only. Not a medical device; not for "
             "diagnosis or patient care.</div><main>",
@@ -117,30 +119,30 @@ def _what_was_evaluated(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
         for k, v in training.get("split", {}).items()
     )
     rows = [
-        ["model", _e(metrics.get("model", ""))],
-        ["architecture", _e(f"{meta['architecture']['name']}, {pre['image_size']} px, "
+        ["model", esc(metrics.get("model", ""))],
+        ["architecture", esc(f"{meta['architecture']['name']}, {pre['image_size']} px, "
                             f"{pre['resize']}")],
-        ["trained on", _e(f"{training.get('data', 'unknown')} {trained_on}")],
-        ["weights at start", _e(training.get("weights", {}).get("source", "unknown"))],
+        ["trained on", esc(f"{training.get('data', 'unknown')} {trained_on}")],
+        ["weights at start", esc(training.get("weights", {}).get("source", "unknown"))],
         ["validation AUROC (model selection)", _num(training.get("val_auroc"))],
-        ["threshold", _e(f"{threshold['value']:.4f}, rule {threshold['rule']}, chosen on the "
+        ["threshold", esc(f"{threshold['value']:.4f}, rule {threshold['rule']}, chosen on the "
                          f"{threshold.get('chosen_on', '?')}")],
-        ["evaluated on", _e(f"{metrics.get('data', '')} ({metrics.get('format', '')}), "
+        ["evaluated on", esc(f"{metrics.get('data', '')} ({metrics.get('format', '')}), "
                             f"split: {metrics.get('split', '')}")],
-        ["records", _e(f"{metrics['images']} images, {metrics['patients']} patients, "
+        ["records", esc(f"{metrics['images']} images, {metrics['patients']} patients, "
                        f"{metrics['positives']} positive, {metrics['negatives']} negative "
                        f"(prevalence {_num(metrics['prevalence'])})")],
-        ["skipped (unreadable)", _e(len(metrics.get("skipped", [])))],
+        ["skipped (unreadable)", esc(len(metrics.get("skipped", [])))],
     ]  # fmt: skip
     if "temperature" in meta.get("calibration", {}):
         rows.append(["temperature scaling", _num(meta["calibration"]["temperature"])])
-    return "<h2>What was evaluated</h2>" + _table(None, rows, numeric_from=2)
+    return "<h2>What was evaluated</h2>" + table(None, rows, numeric_from=2)
 
 
 def _discrimination(metrics: dict[str, Any]) -> str:
     auroc = metrics["auroc"]
     if auroc.get("value") is None:
-        return f"<h2>Discrimination</h2><p class='headline'>{_e(auroc['undefined'])}</p>"
+        return f"<h2>Discrimination</h2><p class='headline'>{esc(auroc['undefined'])}</p>"
     delong = auroc.get("delong") or {}
     auprc = metrics["auprc"]
     return (
@@ -160,11 +162,11 @@ def _operating_points(metrics: dict[str, Any]) -> str:
     for name, op in metrics["operating_points"].items():
         c = op["confusion"]
         rows.append(
-            [_e(name), _num(op["threshold"], 4)]
+            [esc(name), _num(op["threshold"], 4)]
             + [_with_ci(op[k]) for k in keys]
             + [f"{c['tp']} / {c['fp']} / {c['tn']} / {c['fn']}"]
         )
-    return "<h2>Operating points (thresholds chosen on validation)</h2>" + _table(header, rows)
+    return "<h2>Operating points (thresholds chosen on validation)</h2>" + table(header, rows)
 
 
 def _calibration(metrics: dict[str, Any]) -> str:
@@ -175,7 +177,7 @@ def _calibration(metrics: dict[str, Any]) -> str:
            _num(cal["intercept"], 2)]  # fmt: skip
     return (
         "<h2>Calibration</h2>"
-        + _table(header, [row], numeric_from=0)
+        + table(header, [row], numeric_from=0)
         + "<p class='note'>A calibrated model has slope 1 and intercept 0. Training weights the "
         "positive class by the training prevalence, which shifts probabilities upwards; the "
         "threshold, chosen on validation, accounts for that.</p>"
@@ -184,24 +186,25 @@ def _calibration(metrics: dict[str, Any]) -> str:
 
 def _subgroups(metrics: dict[str, Any]) -> str:
     rows = [
-        [_e(f"{column} {name}"), str(g["images"]), str(g["patients"]), str(g["positives"]),
-         _num(g["auroc"]) + _ci(g["ci95"]), _e(g.get("warning", ""))]
+        [esc(f"{column} {name}"), str(g["images"]), str(g["patients"]), str(g["positives"]),
+         _num(g["auroc"]) + _ci(g["ci95"]), esc(g.get("warning", ""))]
         for column, groups in metrics.get("subgroups", {}).items()
         for name, g in groups.items()
     ]  # fmt: skip
     if not rows:
         return ""
     header = ["subgroup", "images", "patients", "positives", "AUROC (95 % CI)", "note"]
-    return "<h2>Subgroups</h2>" + _table(header, rows)
+    return "<h2>Subgroups</h2>" + table(header, rows)
 
 
-def _figures(figures: dict[str, Path], captions: dict[str, str]) -> str:
+def figures_section(figures: dict[str, Path], captions: dict[str, str]) -> str:
+    """The figures, embedded, in a grid, each with its caption."""
     items = []
     for name, path in figures.items():
         caption = captions.get(name, name)
         wide = " class='wide'" if name == "training_curves.png" else ""
-        items.append(f"<figure{wide}><img src='{_image(path)}' alt='{_e(caption)}'>"
-                     f"<figcaption>{_e(caption)}</figcaption></figure>")  # fmt: skip
+        items.append(f"<figure{wide}><img src='{_image(path)}' alt='{esc(caption)}'>"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")  # fmt: skip
     return "<h2>Figures</h2><div class='figs'>" + "\n".join(items) + "</div>"
 
 
@@ -216,7 +219,7 @@ def _methods(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
         "DeLong's interval treats images as independent. Proportions: Wilson score intervals. "
         "Thresholds were chosen on the validation split at training time; evaluation never "
         "chooses one on the data it scores."
-        f"<br>Model written by {_e(versions)}. Report made "
+        f"<br>Model written by {esc(versions)}. Report made "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"
     )
 
@@ -225,22 +228,22 @@ def render_comparison(result: dict[str, Any], roc: Path) -> str:
     """Two models on the same records: one page with the difference and its uncertainty."""
     diff = result["difference"]
     rows = [
-        ["A", _e(result["model_a"]), _with_ci(result["auroc_a"])],
-        ["B", _e(result["model_b"]), _with_ci(result["auroc_b"])],
+        ["A", esc(result["model_a"]), _with_ci(result["auroc_a"])],
+        ["B", esc(result["model_b"]), _with_ci(result["auroc_b"])],
         [
             "A - B",
-            _e(diff["ci95_method"]),
+            esc(diff["ci95_method"]),
             f"{diff['value']:+.3f}{_ci(diff['ci95'])}; DeLong p = {diff['delong_p']:.3g}",
         ],
     ]
     sections = [
         "<h1>Two models on the same records</h1>",
-        f"<p class='sub'>{_e(result['data'])}, {_e(result['split_description'])}: "
+        f"<p class='sub'>{esc(result['data'])}, {esc(result['split_description'])}: "
         f"{result['images']} images, {result['patients']} patients, "
         f"{result['positives']} positive.</p>",
-        *(f"<div class='warn'>{_e(n)}</div>" for n in result.get("notes", [])),
-        _table(["model", "file / method", "AUROC (95 % CI)"], rows, numeric_from=2),
+        *(f"<div class='warn'>{esc(n)}</div>" for n in result.get("notes", [])),
+        table(["model", "file / method", "AUROC (95 % CI)"], rows, numeric_from=2),
         f"<figure style='max-width:560px'><img src='{_image(roc)}' alt='ROC curves'>"
         "<figcaption>ROC curves of both models</figcaption></figure>",
     ]
-    return _page("cardiomegaly: comparison", sections)
+    return page("cardiomegaly: comparison", sections)

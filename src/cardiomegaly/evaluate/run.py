@@ -59,7 +59,7 @@ def evaluate(
     """
     meta = read_metadata(model)
     scored, context = _scored_records(model, meta, data, split, batch_size, device, cache_dir)
-    folder = _out_folder(out)
+    folder = out_folder(out)
     curves = Path(model).parent / "curves.png"
     metrics = write_report(
         folder,
@@ -131,7 +131,7 @@ def compare(
         },
         "notes": notes,
     }
-    folder = _out_folder(out)
+    folder = out_folder(out)
     atomic_write_text(folder / "comparison.json", json.dumps(result, indent=2) + "\n")
     with atomic_open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         pd.DataFrame(
@@ -192,5 +192,6 @@ def _split_source(meta: dict[str, Any]) -> tuple:
     return (training.get("data"), split.get("seed"), split.get("train"), split.get("val"))
 
 
-def _out_folder(out: str | Path | None) -> Path:
+def out_folder(out: str | Path | None) -> Path:
+    """``out``, or the next runs/evaluate/expN; new or empty."""
     return fresh_folder(out if out else next_run_folder(Path("runs") / "evaluate", "exp"))

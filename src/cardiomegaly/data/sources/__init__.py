@@ -16,6 +16,7 @@ from ._common import Result
 from .chexpert import read_chexpert
 from .folder import class_of_folder, read_folder
 from .generic import read_csv
+from .masks import mask_columns, read_masks
 from .mimic import read_mimic
 from .nih import read_nih
 from .synthetic import read_synthetic, synthetic_root
@@ -27,6 +28,7 @@ READERS: dict[str, Callable[[Path, DataConfig], Result]] = {
     "csv": read_csv,
     "folder": read_folder,
     "synthetic": read_synthetic,
+    "masks": read_masks,
 }
 
-__all__ = ["READERS", "class_of_folder", "synthetic_root"]
+__all__ = ["READERS", "class_of_folder", "mask_columns", "synthetic_root"]

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import DataConfig
+from ...segment.ctr import MASK_CLASSES
 from ..cache import default_cache_dir
 from ..phantom import synthesize
 from ._common import (
@@ -17,6 +18,7 @@ from ._common import (
     _require,
     _rows,
 )
+from .masks import mask_columns
 
 
 def synthetic_root(cfg: DataConfig) -> Path:
@@ -50,6 +52,11 @@ def read_synthetic(root: Path, cfg: DataConfig) -> Result:
     for column in ("box_x", "box_y", "box_w", "box_h"):
         if column in df.columns:
             table[column] = pd.to_numeric(df[column], errors="coerce")
+    if (root / "masks").is_dir():  # phantoms know their heart and lungs
+        for organ, column in zip(MASK_CLASSES, mask_columns(), strict=True):
+            table[column] = df["image"].map(
+                lambda p, o=organ: str(root / "masks" / o / Path(p).name)
+            )
     excluded: Counter = Counter()
     bad = table["label"].isna() | ~table["label"].isin([0, 1])
     excluded["label is not 0 or 1"] += int(bad.sum())

@@ -1,0 +1,76 @@
+"""The measurement drawn on the film: three outlines, both diameters with their endpoints, the
+ratio, and the research-use banner. What a reader needs to check the number with a ruler."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from .ctr import AP_NOTE, Diameter, Measurement
+
+#: Outline colours: heart red, the patient's right lung (image left) cyan, left lung yellow.
+COLOURS = {"heart": (255, 70, 70), "right_lung": (60, 220, 255), "left_lung": (255, 220, 40)}
+DIAMETER = {"heart": (255, 70, 70), "thorax": (80, 255, 120)}
+BANNER = "RESEARCH USE ONLY - not for diagnosis"
+
+
+def outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """The boundary pixels of a boolean mask."""
+    inner = ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
+    return mask & ~inner
+
+
+def draw_measurement(
+    image: np.ndarray,
+    masks: dict[str, np.ndarray],
+    measurement: Measurement,
+    view: str = "",
+    size: int = 512,
+) -> Image.Image:
+    """The film (float in [0, 1], the model's square) at ``size`` pixels with the outlines, the
+    heart (red) and thorax (green) diameters as lines between their endpoints, and the ratio."""
+    scale = size / image.shape[0]
+    grey = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
+    picture = np.asarray(grey.resize((size, size), Image.BILINEAR).convert("RGB")).copy()
+    for organ, mask in masks.items():
+        big = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size))) > 127
+        picture[outline(big, max(1, size // 256))] = COLOURS[organ]
+    canvas = Image.fromarray(picture)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(12, size // 30))
+    for name, diameter in (("thorax", measurement.thorax), ("heart", measurement.heart)):
+        if diameter is not None:
+            _diameter(draw, diameter, scale, DIAMETER[name], max(2, size // 200))
+    if measurement.ctr is not None:
+        text = (
+            f"CTR {measurement.ctr:.2f}  (heart {measurement.heart_width_px} / thorax "
+            f"{measurement.thorax_width_px} px)"
+        )
+        if view == "AP":
+            text += "\nAP film: " + AP_NOTE.split(": ", 1)[1]
+    else:
+        text = f"no ratio: {measurement.quality.removeprefix('flagged: ')}"
+    _label(draw, (8, 8), text, font)
+    _label(draw, (8, size - font.size - 16), BANNER, font, fill=(139, 28, 28))
+    return canvas
+
+
+def _diameter(draw: ImageDraw.ImageDraw, d: Diameter, scale: float, colour, width: int) -> None:
+    """A horizontal line at the height between the two endpoints, a tick at each end, and a dot
+    at each endpoint where it lies on the outline."""
+    (x0, y0), (x1, y1) = ((v * scale for v in p) for p in (d.left, d.right))
+    x0, y0, x1, y1 = x0, y0, x1 + scale, y1  # the last column is inside the mask
+    y = (y0 + y1) / 2
+    draw.line([(x0, y), (x1, y)], fill=colour, width=width)
+    tick = 4 * width
+    for x, y_end in ((x0, y0), (x1, y1)):
+        draw.line([(x, min(y, y_end) - tick), (x, max(y, y_end) + tick)], fill=colour, width=width)
+        draw.ellipse([x - 2 * width, y_end - 2 * width, x + 2 * width, y_end + 2 * width],
+                     fill=colour)  # fmt: skip
+
+
+def _label(draw, xy, text, font, fill=(0, 0, 0)) -> None:
+    left, top, right, bottom = draw.multiline_textbbox(xy, text, font=font)
+    draw.rectangle([left - 5, top - 5, right + 5, bottom + 5], fill=fill)
+    draw.multiline_text(xy, text, fill=(255, 255, 255), font=font)

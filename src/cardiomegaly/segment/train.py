@@ -1,0 +1,399 @@
+"""Training for the segment task: heart and lung masks. One loop, read top to bottom; the run
+folder, resume, early stopping (on validation Dice), DDP and progress as for classification.
+
+>>> from cardiomegaly import TrainConfig, train
+>>> train(TrainConfig.from_preset("segment", data="../shared/data/jsrt-ctr"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+from monai.losses import DiceLoss
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from ..config import TrainConfig, save_yaml
+from ..data.cache import ImageCache
+from ..data.records import load_records
+from ..data.sources.masks import mask_columns
+from ..data.split import TEST_SPLIT, patient_split, save_splits
+from ..errors import UserError
+from ..evaluate import plots
+from ..export import export_beside
+from ..fileio import atomic_open, atomic_write_text
+from ..model import is_model_file
+from ..progress import progress_bar
+from ..runs import (
+    Dist,
+    barrier,
+    check_space,
+    check_writable,
+    gather_sum,
+    load_checkpoint,
+    read_skipped,
+    run_folder,
+    save_checkpoint,
+    write_skipped,
+)
+from ..runtime import autocast, to_device
+from .ctr import MASK_CLASSES, measure_ctr
+from .data import JointAugment, MaskDataset
+from .measure import as_dict, dice, iou, score_masks
+from .model import SegNet, build_segmenter, load_segmenter, save_segmenter, segment_preprocessing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentResult:
+    """Where the run went and how the best model did (Dice on validation and test)."""
+
+    run_dir: Path
+    best_epoch: int
+    val_dice: float
+    test: dict[str, Any]
+
+
+class DiceBCELoss(nn.Module):
+    """Soft Dice plus binary cross-entropy, each organ its own sigmoid (the masks overlap at
+    their borders). Not MONAI's DiceCELoss: with several channels its cross-entropy is a softmax
+    across them, which makes the organs compete for every pixel, background included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dice = DiceLoss(sigmoid=True)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.dice(logits, target) + self.bce(logits, target)
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    weights: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> SegmentResult:
+    """Train a segment model as ``cfg`` says (``cfg.task == "segment"``)."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    run_dir = Path(resume) if resume else run_folder(out, ddp)
+    if Path(cfg.data).exists():
+        cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
+    preprocessing = segment_preprocessing(cfg.image_size, cfg.resize)  # a bad size fails now
+    model = build_segmenter(cfg.arch, cfg.width)
+    state = _State(weights=_load_weights(model, cfg.weights) if not resume else {})
+    if ddp.main and not resume:
+        check_writable(run_dir)
+        check_space(
+            run_dir, 5 * sum(p.numel() * 4 for p in model.parameters()) + 50 * 2**20, "this run"
+        )
+        save_yaml(cfg, run_dir / "config.yaml")
+    records, tables, datasets = _prepare_data(cfg, run_dir, ddp, resume)
+    model.to(ddp.device)
+    criterion = DiceBCELoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if resume and (run_dir / "last.pt").is_file():
+        saved = load_checkpoint(run_dir / "last.pt")
+        model.net.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = _State(**saved["state"])
+        log.info("resuming %s after epoch %d", run_dir, state.epoch)
+
+    for epoch in range(state.epoch, cfg.epochs):
+        net: nn.Module = model
+        if ddp.world > 1:
+            net = nn.parallel.DistributedDataParallel(model)
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        loader = _loader(cfg, datasets["train"], ddp, epoch)
+        start = time.perf_counter()
+
+        # Train one epoch.
+        model.train()
+        total, seen = 0.0, 0
+        bar = progress_bar(
+            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", every=0, enabled=ddp.main
+        )
+        for x, y in bar:
+            x, y = to_device(x, ddp.device), y.to(ddp.device)
+            with autocast(ddp.device):
+                loss = criterion(net(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, seen = total + loss.item() * len(x), seen + len(x)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        train_loss = gather_sum(ddp, total) / max(1.0, gather_sum(ddp, float(seen)))
+
+        # Validate: Dice of the thresholded masks per organ.
+        pred, truth = score_masks(model, datasets["val"], ddp.device, cfg.batch_size)
+        per_organ = {
+            organ: float(np.mean([dice(p[k], t[k]) for p, t in zip(pred, truth, strict=True)]))
+            for k, organ in enumerate(MASK_CLASSES)
+        }
+        val_dice = float(np.mean(list(per_organ.values())))
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            "val_dice": val_dice,
+            **{f"val_dice_{k}": v for k, v in per_organ.items()},
+            "seconds": time.perf_counter() - start,
+        }
+
+        # Record, keep the best, stop early or go on.
+        state.history.append(row)
+        state.epoch = epoch + 1
+        improved = val_dice > state.best_dice
+        if improved:
+            state.best_dice, state.best_epoch, state.bad_epochs = val_dice, epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        if ddp.main:
+            log.info(
+                "epoch %3d/%d  loss %.4f  val Dice %.4f (heart %.3f, lungs %.3f / %.3f)  %.0f s%s",
+                epoch + 1,
+                cfg.epochs,
+                train_loss,
+                val_dice,
+                per_organ["heart"],
+                per_organ["left_lung"],
+                per_organ["right_lung"],
+                row["seconds"],
+                "  *best" if improved else "",
+            )
+            if improved:
+                save_segmenter(
+                    run_dir / "model.safetensors",
+                    model,
+                    _metadata(cfg, records.format, tables, state, preprocessing),
+                )
+            _write_history(run_dir, state.history)
+            save_checkpoint(
+                run_dir / "last.pt",
+                {
+                    "model": model.net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "state": dataclasses.asdict(state),
+                },
+            )
+        barrier(ddp)
+        if state.bad_epochs >= cfg.patience:
+            if ddp.main:
+                log.info("early stop: no better validation Dice for %d epochs", cfg.patience)
+            break
+
+    test = {}
+    if ddp.main:
+        test = _evaluate_test(cfg, ddp, run_dir, tables["test"], datasets["test"])
+        if cfg.export_onnx:
+            export_beside(run_dir / "model.safetensors")
+    return SegmentResult(run_dir, state.best_epoch, state.best_dice, test)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _load_weights(model: SegNet, source: str) -> dict[str, Any]:
+    """none, a segment model file (fine-tuning), or a state dict whose matching tensors (an
+    encoder trained elsewhere, say) are copied; the file's SHA-256 is recorded."""
+    if source in ("none", "imagenet"):
+        if source == "imagenet":
+            log.warning("no ImageNet weights exist for a U-Net; it starts from random weights")
+        return {"source": "none"}
+    from ..fileio import sha256_of
+
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"--weights {source}: no such file; use none or a weights file")
+    if is_model_file(path):
+        other, _ = load_segmenter(path)
+        state = other.net.state_dict()
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UserError(f"{path}: not a PyTorch state dict ({type(exc).__name__})") from None
+    own = model.net.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise UserError(f"{path}: no tensor fits a {model.arch} of width {model.width}")
+    model.net.load_state_dict({**own, **fits})
+    log.info("loaded %d of %d tensors from %s", len(fits), len(own), path)
+    return {
+        "source": "file",
+        "file": path.name,
+        "sha256": sha256_of(path),
+        "tensors_loaded": len(fits),
+        "tensors": len(own),
+    }
+
+
+def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: Dist, resume):
+    records = load_records(cfg.data, cfg.data_config)
+    if not set(mask_columns()) <= set(records.table.columns):
+        raise UserError(
+            f"{cfg.data}: no masks; the segment task needs a folder of images/ and "
+            "masks/heart|left_lung|right_lung/ (or phantoms from cardiomegaly synth)"
+        )
+    if resume and (run_dir / "splits.csv").is_file():
+        cfg.split.split_file = str(run_dir / "splits.csv")
+    split = patient_split(records, cfg.split)
+    cache = ImageCache(cfg.image_size, cfg.resize, root=cfg.cache_dir)
+    if ddp.main:
+        save_splits(records, split, run_dir / "splits.csv")
+        bad = cache.warm(list(records.table["path"]))
+        for _path, reason in bad:
+            log.warning("skipped     %s", reason)
+        write_skipped(run_dir, bad)
+    barrier(ddp)
+    bad_paths = {path for path, _ in read_skipped(run_dir)}
+    keep = ~records.table["path"].isin(bad_paths)
+    tables = {name: records.table[keep & (split == name)] for name in ("train", "val", "test")}
+    for name, table in tables.items():
+        if table.empty:
+            raise UserError(f"the {name} split is empty; more films or other fractions")
+    datasets = {
+        "train": MaskDataset(tables["train"], cache, JointAugment(cfg.augment)),
+        "val": MaskDataset(tables["val"], cache),
+        "test": MaskDataset(tables["test"], cache),
+    }
+    return records, tables, datasets
+
+
+def _loader(cfg: TrainConfig, ds: MaskDataset, ddp: Dist, epoch: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    if ddp.world > 1:
+        sampler = torch.utils.data.DistributedSampler(ds, seed=cfg.seed, shuffle=True)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = torch.utils.data.RandomSampler(ds, generator=generator)
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        generator=generator,
+        drop_last=len(ds) > cfg.batch_size,
+        pin_memory=ddp.device.type == "cuda",
+    )
+
+
+def _metadata(cfg, data_format, tables, state, preprocessing) -> dict[str, Any]:
+    split = {
+        name: {"images": len(t), "patients": int(t["patient"].nunique())}
+        for name, t in tables.items()
+    }
+    return {
+        "preprocessing": preprocessing,
+        "training": {
+            "data": str(cfg.data),
+            "format": data_format,
+            "split": split,
+            "split_seed": cfg.split.seed,
+            "epochs": state.epoch,
+            "best_epoch": state.best_epoch,
+            "seed": cfg.seed,
+            "val_dice": state.best_dice,
+            "weights": state.weights,
+            "config": dataclasses.asdict(cfg),
+        },
+        "versions": {
+            "cardiomegaly": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+        },
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "intended_use": "research only; not a medical device",
+    }
+
+
+def _evaluate_test(cfg, ddp, run_dir: Path, table: pd.DataFrame, ds: MaskDataset) -> dict[str, Any]:
+    """The best model on the test split: Dice and IoU per organ, the ratio against the masks'."""
+    best, _ = load_segmenter(run_dir / "model.safetensors")
+    best.to(ddp.device)
+    pred, truth = score_masks(best, ds, ddp.device, cfg.batch_size)
+    rows = []
+    for path, patient, p, t in zip(table["path"], table["patient"], pred, truth, strict=True):
+        measured = measure_ctr(as_dict(p))
+        reference = measure_ctr(as_dict(t), clean=False)
+        rows.append(
+            {
+                "path": path,
+                "patient": patient,
+                "ctr_reference": reference.ctr,
+                "ctr": measured.ctr,
+                "quality": measured.quality,
+                **{f"dice_{k}": dice(p[i], t[i]) for i, k in enumerate(MASK_CLASSES)},
+                **{f"iou_{k}": iou(p[i], t[i]) for i, k in enumerate(MASK_CLASSES)},
+            }
+        )
+    frame = pd.DataFrame(rows)
+    both = frame.dropna(subset=["ctr", "ctr_reference"])
+    test = {
+        "split": "test",
+        "split_description": TEST_SPLIT.format(seed=cfg.split.seed),
+        "images": len(frame),
+        "dice": {k: float(frame[f"dice_{k}"].mean()) for k in MASK_CLASSES},
+        "iou": {k: float(frame[f"iou_{k}"].mean()) for k in MASK_CLASSES},
+        "ctr_mae": float((both["ctr"] - both["ctr_reference"]).abs().mean()) if len(both) else None,
+        "ctr_flagged": int(frame["ctr"].isna().sum()),
+    }
+    (run_dir / "test").mkdir(exist_ok=True)
+    with atomic_open(run_dir / "test" / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+        frame.drop(columns=["patient"]).round(5).to_csv(f, index=False)
+    atomic_write_text(run_dir / "test" / "metrics.json", json.dumps(test, indent=2) + "\n")
+    log.info(
+        "test Dice heart %.4f, left lung %.4f, right lung %.4f; ratio mean absolute error "
+        "%s (%d films, %d flagged)",
+        test["dice"]["heart"],
+        test["dice"]["left_lung"],
+        test["dice"]["right_lung"],
+        "n/a" if test["ctr_mae"] is None else f"{test['ctr_mae']:.4f}",
+        len(frame),
+        test["ctr_flagged"],
+    )
+    return test
+
+
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    with atomic_open(run_dir / "history.csv", "w", newline="", encoding="utf-8") as f:
+        pd.DataFrame(history).to_csv(f, index=False)
+    fig, axes = plots.figure(10, 3.8, ncols=2)
+    epochs = [h["epoch"] for h in history]
+    axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
+    axes[0].set_title("loss (Dice + cross-entropy)")
+    for organ in MASK_CLASSES:
+        axes[1].plot(
+            epochs, [h[f"val_dice_{organ}"] for h in history], "o-", label=organ.replace("_", " ")
+        )
+    axes[1].set_title("validation Dice")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    plots.save(fig, run_dir / "curves.png")

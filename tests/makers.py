@@ -391,8 +391,9 @@ BAD_IMAGES = {
 }
 
 
-def chest_masks(shape=(64, 80), heart=(30, 50), lungs=((8, 36), (44, 72)), rows=(10, 56),
-                heart_rows=(30, 50)) -> dict[str, np.ndarray]:
+def chest_masks(
+    shape=(64, 80), heart=(30, 50), lungs=((8, 36), (44, 72)), rows=(10, 56), heart_rows=(30, 50)
+) -> dict[str, np.ndarray]:
     """Rectangular heart and lung masks with known horizontal extents (first and last column,
     inclusive). ``lungs`` are the image-left (patient's right) and image-right lungs."""
     masks = {name: np.zeros(shape, bool) for name in ("heart", "left_lung", "right_lung")}

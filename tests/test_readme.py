@@ -52,7 +52,7 @@ def test_every_readme_command_parses(line):
         assert exc.code == 0, line
 
 
-def test_the_short_readme_commands_run_as_written(tiny_run, tiny_phantoms, tmp_path,
+def test_the_short_readme_commands_run_as_written(tiny_run, seg_run, tiny_phantoms, tmp_path,
                                                   monkeypatch):  # fmt: skip
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CARDIOMEGALY_CACHE", str(tmp_path / "cache"))
@@ -66,11 +66,13 @@ def test_the_short_readme_commands_run_as_written(tiny_run, tiny_phantoms, tmp_p
     write_dicom(tmp_path / "extra.dcm")
     ran = []
     for line in COMMANDS:
-        argv = [{"DATA": str(tiny_phantoms), "MODEL": model}.get(w, w) for w in _argv(line)]
+        values = {"DATA": str(tiny_phantoms), "MODEL": model,
+                  "SEGMODEL": str(seg_run / "model.safetensors")}  # fmt: skip
+        argv = [values.get(w, w) for w in _argv(line)]
         if argv[0] in SLOW or "--help" in argv or line.startswith("torchrun"):
             continue
         if any("../shared" in word for word in argv):
             continue  # the NIH sample: not on a user's machine
         assert main(argv) == 0, line
         ran.append(argv[0])
-    assert {"synth", "data", "evaluate", "predict", "explain", "export"} <= set(ran)
+    assert {"synth", "data", "evaluate", "predict", "explain", "export", "measure"} <= set(ran)

@@ -67,6 +67,32 @@ def test_films_whose_masks_are_missing_or_of_another_size_are_counted_and_left_o
     }
 
 
+def test_a_csv_names_the_mask_columns_in_its_data_yaml(seg_phantoms, tmp_path):
+    table = pd.read_csv(seg_phantoms / "phantoms.csv").head(5)
+    names = table["image"].map(lambda p: Path(p).name)
+    films = {
+        "film": table["image"].map(lambda p: str(seg_phantoms / p)),
+        "finding": table["label"],
+        "pid": table["patient"],
+    }
+    masks = {
+        f"{o}_mask": names.map(lambda n, o=o: str(seg_phantoms / "masks" / o / n))
+        for o in MASK_CLASSES
+    }
+    pd.DataFrame({**films, **masks}).to_csv(tmp_path / "with-masks.csv", index=False)
+    yaml = tmp_path / "data.yaml"  # paths are absolute here; relative ones hang from image_root
+    yaml.write_text(
+        "format: csv\ncsv: with-masks.csv\ncolumns: {path: film, label: finding, patient: pid, "
+        "masks: {heart: heart_mask, left_lung: left_lung_mask, right_lung: right_lung_mask}}\n"
+    )
+    records = load_records(yaml)
+    assert len(records) == 5 and records.table["mask_left_lung"].map(Path).map(Path.is_file).all()
+    assert np.abs(records.table["ctr"] - table["ctr"].to_numpy()).max() < 0.02
+    yaml.write_text(yaml.read_text().replace(", right_lung: right_lung_mask", ""))
+    with pytest.raises(UserError, match="give a column for each of heart, left_lung, right_lung"):
+        load_records(yaml)
+
+
 def test_a_grey_picture_is_no_mask_and_is_named(tmp_path):
     path = tmp_path / "mask.png"
     Image.fromarray((gradient(40, 48) * 255).astype(np.uint8)).save(path)
@@ -119,7 +145,8 @@ def test_a_segment_run_folder_holds_the_model_its_curves_and_its_test(seg_run):
     history = pd.read_csv(seg_run / "history.csv")
     assert {"val_dice_heart", "val_dice_left_lung", "val_dice_right_lung"} <= set(history)
     test = json.loads((seg_run / "test" / "metrics.json").read_text())
-    assert min(test["dice"].values()) > 0.9  # phantoms are easy; this says training works
+    assert min(d["value"] for d in test["dice"].values()) > 0.9  # phantoms are easy: it learns
+    assert (seg_run / "test" / "report.html").is_file()
 
 
 def test_the_segment_model_file_round_trips_and_the_tasks_do_not_mix(seg_run, tiny_run):
@@ -321,3 +348,119 @@ def test_evaluate_on_classification_data_scores_the_ratio_overall_and_per_view(
     assert metrics["auroc"]["value"] > 0.8  # phantoms: the label is the ratio over 0.5
     assert set(metrics["auroc_by_view"]) <= {"PA", "AP"} and metrics["auroc_by_view"]
     assert "AP film magnifies" in (out / "report.html").read_text()
+    assert "view_aware" not in metrics  # --split all leaves no validation films to choose on
+    test = tmp_path / "eval-test"
+    assert (
+        main(
+            [
+                "evaluate",
+                str(seg_run / "model.safetensors"),
+                "--data",
+                str(yaml),
+                "--split",
+                "test",
+                "--out",
+                str(test),
+                "--bootstrap",
+                "200",
+            ]
+        )
+        == 0
+    )
+    aware = json.loads((test / "metrics.json").read_text())["view_aware"]
+    assert set(aware["thresholds"]) <= {"PA", "AP"} and "validation split" in aware["chosen_on"]
+    assert 0 <= aware["auroc"]["value"] <= 1 and "View-aware" in (test / "report.html").read_text()
+
+
+# ------------------------------------------------------------------ beside the classifier
+
+
+def test_predict_with_a_ctr_model_reports_the_ratio_beside_the_probability(
+    seg_run, tiny_run, seg_phantoms, tmp_path
+):
+    films = [str(p) for p in sorted((seg_phantoms / "images").glob("*.png"))[:4]]
+    out = tmp_path / "p.csv"
+    assert (
+        main(
+            [
+                "predict",
+                str(tiny_run / "model.safetensors"),
+                *films,
+                "--out",
+                str(out),
+                "--ctr-model",
+                str(seg_run / "model.safetensors"),
+            ]
+        )
+        == 0
+    )
+    rows = pd.read_csv(out)
+    assert list(rows.columns) == [
+        "path",
+        "probability",
+        "prediction",
+        "threshold",
+        "ctr",
+        "ctr_over_0_5",
+        "ctr_quality",
+        "ctr_note",
+        "error",
+    ]
+    expected = [m.ctr for m in Measurer.load(seg_run / "model.safetensors").measure_many(films)]
+    assert rows["ctr"].to_numpy() == pytest.approx(expected, abs=1e-4)
+    assert rows["probability"].notna().all()
+
+
+def test_serve_with_a_ctr_model_answers_the_ratio_and_its_drawing(seg_run, tiny_run, seg_phantoms):
+    from fastapi.testclient import TestClient
+
+    from cardiomegaly.serve import create_app
+
+    film = sorted((seg_phantoms / "images").glob("*.png"))[0]
+    app = create_app(tiny_run / "model.safetensors", ctr_model=seg_run / "model.safetensors")
+    with TestClient(app) as client:
+        files = {"file": ("film.png", film.read_bytes(), "application/octet-stream")}
+        body = client.post("/v1/predict", files=files).json()
+        expected = Measurer.load(seg_run / "model.safetensors").measure(film)
+        assert body["ctr"]["value"] == pytest.approx(expected.ctr, abs=1e-4)
+        assert body["ctr"]["quality"] == "ok" and "ctr_png_base64" not in body
+        drawn = client.post("/v1/predict?cam=1", files=files).json()
+        assert drawn["ctr_png_base64"] and drawn["cam_png_base64"]
+        assert client.get("/v1/model").json()["ctr_model"]["name"] == "model.safetensors"
+        assert "Cardiothoracic ratio" in client.get("/").text
+
+
+def test_a_killed_segment_run_resumes_to_the_same_weights(seg_phantoms, tmp_path, monkeypatch):
+    import importlib
+
+    from cardiomegaly import TrainConfig, train
+
+    segment_train = importlib.import_module("cardiomegaly.segment.train")
+    config = TrainConfig.from_preset(
+        None,
+        task="segment",
+        data=str(seg_phantoms),
+        image_size=64,
+        epochs=3,
+        batch_size=8,
+        export_onnx=False,
+    )
+    train(config, out=tmp_path / "straight")
+    real, saves = segment_train.save_checkpoint, []
+
+    def killed_after_two_epochs(*args):
+        real(*args)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(segment_train, "save_checkpoint", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out=tmp_path / "killed")
+    monkeypatch.setattr(segment_train, "save_checkpoint", real)
+    train(resume=tmp_path / "killed")
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert a["state"]["epoch"] == b["state"]["epoch"] == 3
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key

@@ -262,9 +262,7 @@ def test_the_auxiliary_classifier_learns_inside_a_real_run(phantoms, tmp_path):
 # --------------------------------------------------------------------------------- logging
 
 
-def test_a_train_log_written_to_a_file_has_one_line_per_epoch_and_no_bar_frames(
-    phantoms, tmp_path
-):
+def test_a_train_log_written_to_a_file_has_one_line_per_epoch_and_no_bar_frames(phantoms, tmp_path):
     log = tmp_path / "train.log"
     with open(log, "w") as f:
         result = subprocess.run(

@@ -49,6 +49,8 @@ class Columns:
     age: str = ""
     # Heart box as four columns: x_min, y_min, x_max, y_max (pixels of the stored image).
     box: list[str] = field(default_factory=list)
+    # Mask files for the segment task: organ -> column, e.g. {heart: heart_mask, left_lung: ...}.
+    masks: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

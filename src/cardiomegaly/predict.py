@@ -271,17 +271,31 @@ def predict_files(
     return [parts[i % world][i // world] for i in range(len(paths))]
 
 
-def write_predictions(predictions: Sequence[Prediction], out: str | Path) -> None:
-    """CSV (path, probability, prediction, threshold, error) or JSON by the file's suffix."""
+def write_predictions(
+    predictions: Sequence[Prediction],
+    out: str | Path,
+    ratios: Sequence[dict[str, Any]] | None = None,
+) -> None:
+    """CSV (path, probability, prediction, threshold, error) or JSON by the file's suffix.
+
+    ``ratios`` (one per prediction, from a segment model: ``FilmMeasurement.summary()``) adds
+    the cardiothoracic ratio beside the probability: ctr, ctr_over_0_5, ctr_quality, ctr_note.
+    """
     out = Path(out)
     rows = [p.to_dict() for p in predictions]
-    for row in rows:
+    for i, row in enumerate(rows):
         row["prediction"] = row.pop("label")
         row["threshold"] = round(row["threshold"], 6)
+        if ratios is not None:
+            ratio = ratios[i] or {}
+            row.update(ctr=ratio.get("value"), ctr_over_0_5=ratio.get("over_0_5"),
+                       ctr_quality=ratio.get("quality"), ctr_note=ratio.get("note"))  # fmt: skip
     if out.suffix.lower() == ".json":
         atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
         return
-    columns = ["path", "probability", "prediction", "threshold", "error"]
+    columns = ["path", "probability", "prediction", "threshold"]
+    columns += ["ctr", "ctr_over_0_5", "ctr_quality", "ctr_note"] if ratios is not None else []
+    columns += ["error"]
     with atomic_open(out, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

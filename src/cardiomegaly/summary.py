@@ -47,6 +47,9 @@ class DataSummary:
         ]
         if "ctr" in t.columns:
             out.append(f"ctr         {t['ctr'].min():.3f} to {t['ctr'].max():.3f}")
+        masks = [c.removeprefix("mask_") for c in t.columns if c.startswith("mask_")]
+        if masks:
+            out.append(f"masks       {', '.join(masks)} for every film (the segment task)")
         if r.excluded:
             out.append(f"excluded    {sum(r.excluded.values())} rows")
             out += [f"  {count:>7}  {reason}" for reason, count in r.excluded.most_common()]

@@ -21,7 +21,13 @@ from ..data.sources.masks import mask_columns
 from ..data.split import select_records
 from ..evaluate import plots
 from ..evaluate.html import esc, figures_section, page, table
-from ..evaluate.metrics import auroc, patient_resamples, percentile_interval
+from ..evaluate.metrics import (
+    auroc,
+    choose_threshold,
+    operating_point,
+    patient_resamples,
+    percentile_interval,
+)
 from ..evaluate.run import EvalResult, out_folder
 from ..fileio import atomic_open, atomic_write_text
 from ..model import read_metadata
@@ -57,30 +63,7 @@ def evaluate_segmenter(
     _, table, description = select_records(model, meta, data, split)
     measurer = Measurer.load(model, device=device)
     folder = out_folder(out)
-    rows = []
-    for film, measured in zip(
-        table.itertuples(index=False),
-        measurer.measure_many(list(table["path"]), batch_size, progress=True, total=len(table)),
-        strict=True,
-    ):
-        row = {
-            "path": film.path,
-            "patient": film.patient,
-            "label": int(film.label),
-            "view": film.view,
-            "ctr": measured.ctr,
-            "error": measured.error,
-            "quality": measured.row()["quality"],
-        }
-        if measured.error is None and set(mask_columns()) <= set(table.columns):
-            cache = ImageCache(measurer.image_size, measurer.resize, root=cache_dir)
-            truth = _square_masks(pd.Series(film._asdict()), cache)
-            for k, organ in enumerate(MASK_CLASSES):
-                row[f"dice_{organ}"] = dice(measured.masks[organ], truth[k] > 0)
-                row[f"iou_{organ}"] = iou(measured.masks[organ], truth[k] > 0)
-            row["ctr_reference"] = film.ctr
-        rows.append(row)
-    frame = pd.DataFrame(rows)
+    frame = _measure(measurer, table, batch_size, cache_dir)
     context = {
         "model": str(model),
         "data": str(data),
@@ -88,12 +71,68 @@ def evaluate_segmenter(
         "split_description": description,
     }
     metrics = _metrics(frame, n_boot, seed) | context
+    if "ctr_reference" not in frame and split == "test":  # thresholds per view, on validation
+        _, val_table, _ = select_records(model, meta, data, "val")
+        val = _measure(measurer, val_table, batch_size, cache_dir)
+        metrics["view_aware"] = _view_aware(val, frame, n_boot, seed)
     with atomic_open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         frame.drop(columns=["patient"]).round(5).to_csv(f, index=False)
     figures = _figures(folder, frame, metrics)
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(folder / "report.html", _report(metrics, meta, figures))
     return EvalResult(folder, metrics)
+
+
+def _measure(measurer: Measurer, table: pd.DataFrame, batch_size: int, cache_dir) -> pd.DataFrame:
+    """One row per film: the ratio (or why none) and, on mask data, Dice and IoU per organ
+    against its masks (squared to the model's size) and the reference ratio."""
+    has_masks = set(mask_columns()) <= set(table.columns)
+    cache = ImageCache(measurer.image_size, measurer.resize, root=cache_dir)
+    rows = []
+    films = measurer.measure_many(list(table["path"]), batch_size, progress=True, total=len(table))
+    for film, measured in zip(table.itertuples(index=False), films, strict=True):
+        row = {"path": film.path, "patient": film.patient, "label": int(film.label),
+               "view": film.view, "ctr": measured.ctr, "error": measured.error,
+               "quality": measured.row()["quality"]}  # fmt: skip
+        if measured.error is None and has_masks:
+            truth = _square_masks(pd.Series(film._asdict()), cache)
+            for k, organ in enumerate(MASK_CLASSES):
+                row[f"dice_{organ}"] = dice(measured.masks[organ], truth[k] > 0)
+                row[f"iou_{organ}"] = iou(measured.masks[organ], truth[k] > 0)
+            row["ctr_reference"] = film.ctr
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _view_aware(val: pd.DataFrame, test: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
+    """An AP film magnifies the heart, so one threshold for both views loses. Each view gets
+    its own threshold on the ratio (Youden's J on the validation split; views with one class
+    there take the threshold of all films), and the score is the ratio minus its view's
+    threshold: one scale on which AP and PA films compare."""
+    val = val.dropna(subset=["ctr"])
+    overall = choose_threshold(val["label"], val["ctr"], "youden")
+    thresholds = {}
+    for view, group in val.groupby("view"):
+        both = group["label"].nunique() == 2
+        thresholds[view or "unknown"] = (
+            choose_threshold(group["label"], group["ctr"], "youden") if both else overall
+        )
+    scored = test.dropna(subset=["ctr"])
+    shift = scored["view"].map(lambda v: thresholds.get(v or "unknown", overall))
+    score = (scored["ctr"] - shift).to_numpy()
+    y = scored["label"].to_numpy()
+    patients = scored["patient"].astype(str).to_numpy()
+    point = operating_point(y, score, 0.0)
+    return {
+        "thresholds": {k: round(float(v), 4) for k, v in thresholds.items()},
+        "threshold_all_views": round(float(overall), 4),
+        "chosen_on": f"validation split ({len(val)} films), Youden's J per view",
+        "score": "ratio minus its view's threshold",
+        "auroc": _auroc_with_ci(y, score, patients, n_boot, seed),
+        "auroc_one_threshold": _auroc_with_ci(y, scored["ctr"].to_numpy(), patients, n_boot, seed),
+        "sensitivity": point["sensitivity"],
+        "specificity": point["specificity"],
+    }
 
 
 def _mean_with_ci(values: np.ndarray, weights_iter) -> dict[str, Any]:
@@ -269,9 +308,17 @@ def _report(metrics: dict[str, Any], meta: dict[str, Any], figures: dict[str, Pa
             table(["view", "AUROC (95 % CI)", "films", "positives"], views),
             f"<div class='warn'>{esc(AP_NOTE)}.</div>",
         ]
-    sections.append(
-        figures_section(figures, CAPTIONS)
-    )
+        if "view_aware" in metrics:
+            va = metrics["view_aware"]
+            cuts = ", ".join(f"{v} {t:.3f}" for v, t in va["thresholds"].items())
+            sections.append(
+                "<h2>View-aware score</h2><p>Thresholds per view, chosen on the "
+                f"{esc(va['chosen_on'])}: {esc(cuts)}. Score: {esc(va['score'])}. AUROC "
+                f"<b>{_ci(va['auroc'])}</b> against {_ci(va['auroc_one_threshold'])} for the plain "
+                f"ratio; at the views' thresholds sensitivity {_ci(va['sensitivity'])}, "
+                f"specificity {_ci(va['specificity'])} (Wilson).</p>"
+            )
+    sections.append(figures_section(figures, CAPTIONS))
     sections.append(
         "<h2>Methods</h2><p class='note'>Masks: sigmoid &gt; 0.5, the largest connected "
         "component of each organ with its holes filled. Ratio: widest horizontal extent of the "

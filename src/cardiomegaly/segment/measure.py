@@ -90,6 +90,13 @@ class FilmMeasurement:
     def ctr(self) -> float | None:
         return None if self.measurement is None else self.measurement.ctr
 
+    def summary(self) -> dict[str, Any]:
+        """What an API answer says of the ratio (no masks, no pixels)."""
+        row = self.row()
+        return {"value": row["ctr"], "over_0_5": row["ctr_over_0_5"], "quality": row["quality"],
+                "heart_width_px": row["heart_width_px"], "thorax_width_px": row["thorax_width_px"],
+                "view": self.view, "note": row["note"]}  # fmt: skip
+
     def row(self) -> dict[str, Any]:
         """The CSV row: path, ctr, heart_width_px, thorax_width_px, ctr_over_0_5, view, quality,
         note, error (widths in model pixels)."""
@@ -147,10 +154,14 @@ class Measurer:
             return self.session.run(None, {"image": x})[0] > 0
         return predict_masks(self.model, torch.from_numpy(x), self.device)
 
-    def measure(self, path: str | Path) -> FilmMeasurement:
-        """One film's masks and ratio (an unreadable file raises ImageError)."""
-        stored, image_meta = prepare_file_with_meta(path, self.image_size, self.resize)
-        return self._measure_batch([(str(path), to_float(stored), image_meta.view or "")])[0]
+    def measure(self, film: str | Path | bytes) -> FilmMeasurement:
+        """One film's masks and ratio: a path, or a file's bytes (an upload, decoded in memory).
+        An unreadable film raises ImageError."""
+        name = None if isinstance(film, bytes) else str(film)
+        stored, image_meta = prepare_file_with_meta(
+            film, self.image_size, self.resize, name=None if name else "upload"
+        )
+        return self._measure_batch([(name, to_float(stored), image_meta.view or "")])[0]
 
     def measure_many(
         self,

@@ -26,6 +26,7 @@ from .. import __version__
 from ..data.images import sniff_format
 from ..errors import ImageError
 from ..predict import Classifier, Prediction
+from ..segment.overlay import draw_measurement
 from .page import PAGE
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def create_app(
     concurrency: int = 2,
     timeout_s: float = 60,
     device: str = "auto",
+    ctr_model: str | Path | None = None,
 ) -> FastAPI:
     """The app serving ``model``: ``POST /v1/predict``, ``GET /v1/model``, ``GET /health``,
     ``GET /`` (the page) and the OpenAPI docs at ``/docs``.
@@ -69,6 +71,13 @@ def create_app(
     """
     clf = Classifier.load(model, device=device)
     card = model_card(clf.meta, Path(model).name)
+    measurer = None
+    if ctr_model is not None:  # the cardiothoracic ratio beside the probability
+        from ..segment.measure import Measurer
+
+        measurer = Measurer.load(ctr_model, device=device)
+        card["ctr_model"] = {"name": Path(ctr_model).name,
+                             "training": measurer.meta.get("training", {}).get("data")}  # fmt: skip
     max_bytes = int(max_upload_mb * 2**20)
     state: dict[str, Any] = {}
     torch_lock = threading.Lock()
@@ -124,6 +133,7 @@ def create_app(
                     clf,
                     data,
                     torch_classifier if cam else None,
+                    measurer,
                     limiter=state["limiter"],
                     abandon_on_cancel=True,
                 )
@@ -131,7 +141,7 @@ def create_app(
             raise HTTPException(422, str(exc)) from None
         except TimeoutError:
             raise HTTPException(503, f"inference took longer than {timeout_s:g} s") from None
-        prediction, overlay = result
+        prediction, overlay, measured = result
         body = {
             "probability": prediction.probability,
             "label": prediction.label,
@@ -142,25 +152,41 @@ def create_app(
         }
         if overlay is not None:
             body["cam_png_base64"] = overlay
+        if measured is not None:
+            body["ctr"] = measured.summary()
+            if cam:  # the drawing of the measurement, as the Grad-CAM one
+                body["ctr_png_base64"] = _png(
+                    draw_measurement(measured.image, measured.masks, measured.measurement)
+                    if measured.measurement is not None
+                    else None
+                )
         return JSONResponse(body)
 
     return app
 
 
 def _infer(
-    clf: Classifier, data: bytes, cam: Callable[[], Classifier] | None
-) -> tuple[Prediction, str | None]:
+    clf: Classifier, data: bytes, cam: Callable[[], Classifier] | None, measurer=None
+) -> tuple[Prediction, str | None, Any]:
     image = clf.preprocess(data)
     p = float(clf.probabilities(image[None])[0])
     prediction = Prediction(None, p, int(p >= clf.threshold), clf.threshold)
+    measured = None if measurer is None else measurer.measure(data)
     if cam is None:
-        return prediction, None
+        return prediction, None, measured
     from ..explain import heatmaps, overlay  # torch loads only when an overlay is asked for
 
     picture = overlay(image, heatmaps(cam(), image[None])[0], prediction)
+    return prediction, _png(picture), measured
+
+
+def _png(picture) -> str | None:
+    """A PIL image as base64 PNG text (None stays None)."""
+    if picture is None:
+        return None
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    return prediction, base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 async def _read_upload(request: Request, max_bytes: int) -> bytes:

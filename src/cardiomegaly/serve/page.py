@@ -16,7 +16,7 @@ label.button { display: inline-block; background: #1a5fb4; color: #fff; padding:
                border-radius: 4px; cursor: pointer; }
 input[type=file] { position: absolute; opacity: 0; width: 1px; height: 1px; }
 #result { margin-top: 20px; display: none; }
-#overlay { max-width: 100%; border: 1px solid #ccc; background: #000; }
+#overlay, #ctr-overlay { max-width: 100%; border: 1px solid #ccc; background: #000; }
 .bar { position: relative; height: 28px; background: #ddd; border-radius: 4px; margin: 8px 0; }
 .fill { height: 100%; background: #1a5fb4; border-radius: 4px; }
 .threshold { position: absolute; top: -4px; bottom: -4px; width: 3px; background: #000; }
@@ -40,7 +40,9 @@ stored. <a href="/v1/model">Model card</a> &middot; <a href="/docs">API</a></p>
   <div class="bar" aria-hidden="true"><div class="fill" id="fill"></div>
        <div class="threshold" id="mark" title="threshold"></div></div>
   <p id="numbers"></p>
+  <p id="ctr" style="font-size:1.15em"></p>
   <img id="overlay" alt="the radiograph with the Grad-CAM heatmap over it">
+  <img id="ctr-overlay" alt="the radiograph with the heart and lung outlines and both diameters">
 </section>
 </main>
 <script>
@@ -67,6 +69,18 @@ async function send(file) {
   document.getElementById("numbers").textContent = "threshold " + t.toFixed(3) +
     " (chosen on validation) \\u00b7 " + body.model.name + " \\u00b7 " + body.inference_ms + " ms";
   document.getElementById("overlay").src = "data:image/png;base64," + body.cam_png_base64;
+  const ctr = document.getElementById("ctr"), drawing = document.getElementById("ctr-overlay");
+  ctr.textContent = ""; drawing.style.display = "none";
+  if (body.ctr) {
+    ctr.textContent = body.ctr.value === null
+      ? "Cardiothoracic ratio: not measured (" + body.ctr.quality + ")"
+      : "Cardiothoracic ratio " + body.ctr.value.toFixed(2) +
+        (body.ctr.value > 0.5 ? " (over 0.5)" : " (0.5 or less)") +
+        (body.ctr.note ? " \u00b7 " + body.ctr.note : "");
+    if (body.ctr_png_base64) {
+      drawing.src = "data:image/png;base64," + body.ctr_png_base64; drawing.style.display = "";
+    }
+  }
 }
 input.addEventListener("change", () => { if (input.files.length) send(input.files[0]); });
 drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });

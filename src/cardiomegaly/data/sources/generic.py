@@ -11,6 +11,7 @@ import pandas as pd
 
 from ...config import DataConfig
 from ...errors import DataError
+from ...segment.ctr import MASK_CLASSES
 from ._common import (
     Result,
     _age,
@@ -22,6 +23,7 @@ from ._common import (
     _rows,
     _sex,
 )
+from .masks import with_reference_ratio
 
 
 def read_csv(root: Path, cfg: DataConfig) -> Result:
@@ -33,7 +35,11 @@ def read_csv(root: Path, cfg: DataConfig) -> Result:
     cols = cfg.columns
     hint = "; name the columns under 'columns:' in the data YAML"
     _require(df, [cols.path, cols.label], csv, hint)
-    for extra in [cols.patient, cols.view, cols.sex, cols.age, *cols.box]:
+    unknown_organs = sorted(set(cols.masks) - set(MASK_CLASSES))
+    if unknown_organs or (cols.masks and set(cols.masks) != set(MASK_CLASSES)):
+        raise DataError(f"{csv}: columns.masks names {', '.join(sorted(cols.masks)) or 'nothing'}; "
+                        f"give a column for each of {', '.join(MASK_CLASSES)}")  # fmt: skip
+    for extra in [cols.patient, cols.view, cols.sex, cols.age, *cols.box, *cols.masks.values()]:
         if extra:
             _require(df, [extra], csv, hint)
     excluded: Counter = Counter()
@@ -82,5 +88,10 @@ def read_csv(root: Path, cfg: DataConfig) -> Result:
     if cols.box:
         x0, y0, x1, y1 = (pd.to_numeric(df[c], errors="coerce") for c in cols.box)
         table["box_x"], table["box_y"], table["box_w"], table["box_h"] = x0, y0, x1 - x0, y1 - y0
-    table = table[inside]
-    return _drop_unlabelled(table), excluded, notes
+    for organ, column in cols.masks.items():  # the segment task's masks, beside their films
+        table[f"mask_{organ}"] = df[column].map(lambda p: _resolve(base, str(p).strip())[0])
+    table = _drop_unlabelled(table[inside])
+    if cols.masks:
+        table, missing = with_reference_ratio(table)
+        excluded += missing
+    return table, excluded, notes

@@ -72,17 +72,25 @@ def read_masks(root: Path, cfg: DataConfig) -> Result:
     table["patient"] = _patient_column(
         table, "patient" if "patient" in table else "", table["path"], cfg, notes, root
     )
-    table, excluded = check_masks(table)
-    if "ctr" not in table or table["ctr"].isna().any():
-        measured = table.apply(reference_ctr, axis=1)
-        table["ctr"] = table["ctr"].fillna(measured) if "ctr" in table else measured
+    table, excluded = with_reference_ratio(table)
     if "label" not in table:
         table["label"] = (table["ctr"] > 0.5).astype(int)
+    return table, excluded, notes
+
+
+def with_reference_ratio(table: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
+    """Films with usable masks (:func:`check_masks`) and their reference ratio (``ctr``):
+    measured on the masks where the source gives none; films whose masks give none are left
+    out. Reasons counted."""
+    table, excluded = check_masks(table)
+    if "ctr" not in table or table["ctr"].isna().any():
+        measured = table.apply(reference_ctr, axis=1) if len(table) else pd.Series(dtype=float)
+        table["ctr"] = table["ctr"].fillna(measured) if "ctr" in table else measured
     unmeasured = table["ctr"].isna()
     if unmeasured.any():
         excluded["masks give no ratio (a flagged geometry)"] += int(unmeasured.sum())
         table = table[~unmeasured]
-    return table.reset_index(drop=True), excluded, notes
+    return table.reset_index(drop=True), excluded
 
 
 def _join_labels(table: pd.DataFrame, csv: Path, root: Path) -> pd.DataFrame:

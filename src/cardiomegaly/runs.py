@@ -26,6 +26,37 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class RunState:
+    """Where a run stands after each epoch; saved in last.pt as plain values (resumable)."""
+
+    epoch: int = 0
+    best: float = -1.0  # the best validation score so far: AUROC, or mean Dice
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    weights: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def record(self, row: dict[str, Any], score: float) -> bool:
+        """Add an epoch's history row and its validation score; whether it is the best yet."""
+        self.history.append(row)
+        self.epoch = int(row["epoch"])
+        improved = score > self.best
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> RunState:
+        """The state a last.pt holds (``best_auroc``: written before the segment task)."""
+        saved = dict(saved)
+        if "best_auroc" in saved:
+            saved["best"] = saved.pop("best_auroc")
+        return cls(**saved)
+
+
+@dataclass
 class Dist:
     """This process's place in a (possibly one-process) distributed run."""
 

@@ -43,6 +43,7 @@ from .model import CardioNet, build_model, load_model, load_weights, preprocessi
 from .progress import progress_bar
 from .runs import (
     Dist,
+    RunState,
     barrier,
     check_space,
     check_writable,
@@ -103,18 +104,6 @@ def train(
 
 
 @dataclass
-class _State:
-    """Where a run stands after each epoch; saved in last.pt as plain values (resumable)."""
-
-    epoch: int = 0
-    best_auroc: float = -1.0
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    weights: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclass
 class _Data:
     """The records, the three splits of the run, and their datasets."""
 
@@ -142,7 +131,7 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
         cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
     # The model first: a missing weights file or an offline download fails in seconds.
     model = build_model(cfg.arch, dropout=cfg.dropout, aux_logits=cfg.aux_logits)
-    state = _State(weights=load_weights(model, cfg.weights) if not resume else {})
+    state = RunState(weights=load_weights(model, cfg.weights) if not resume else {})
     if ddp.main and not resume:
         _start_run_folder(run_dir, cfg, model)
     data = _prepare_data(cfg, run_dir, ddp, resume)
@@ -223,13 +212,7 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
         }
 
         # Record: history, best model, resumable state; then stop early or go on.
-        state.history.append(row)
-        state.epoch = epoch + 1
-        improved = val_auroc > state.best_auroc
-        if improved:
-            state.best_auroc, state.best_epoch, state.bad_epochs = val_auroc, epoch + 1, 0
-        else:
-            state.bad_epochs += 1
+        improved = state.record(row, val_auroc)
         if ddp.main:
             log.info(
                 "epoch %3d/%d stage %d  loss %.4f  val loss %.4f  val AUROC %.4f  %.0f s%s",
@@ -257,7 +240,7 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
     if board is not None:
         board.close()
     test = _finish(cfg, ddp, run_dir, data)
-    return TrainResult(run_dir, state.best_epoch, state.best_auroc, test)
+    return TrainResult(run_dir, state.best_epoch, state.best, test)
 
 
 # ------------------------------------------------------------------------- setup and teardown
@@ -332,12 +315,12 @@ def _optimisation(cfg: TrainConfig, model: CardioNet, data: _Data, ddp: Dist) ->
     return _Optim(criterion, optimizer, _scheduler(cfg, optimizer), scaler)
 
 
-def _resume(run_dir: Path, model: CardioNet, opt: _Optim, ddp: Dist) -> _State:
+def _resume(run_dir: Path, model: CardioNet, opt: _Optim, ddp: Dist) -> RunState:
     saved = load_checkpoint(run_dir / "last.pt")
     model.net.load_state_dict(saved["model"])
     opt.optimizer.load_state_dict(saved["optimizer"])
     opt.scheduler.load_state_dict(saved["scheduler"])
-    state = _State(**saved["state"])
+    state = RunState.from_checkpoint(saved["state"])
     if ddp.main:
         log.info("resuming %s after epoch %d", run_dir, state.epoch)
     return state
@@ -488,7 +471,7 @@ def _fmt_ci(ci: list[float] | None) -> str:
 
 
 def _metadata(
-    cfg: TrainConfig, data: _Data, state: _State, val_labels: np.ndarray, val_probs: np.ndarray
+    cfg: TrainConfig, data: _Data, state: RunState, val_labels: np.ndarray, val_probs: np.ndarray
 ) -> dict[str, Any]:
     """What the model file says about itself (DESIGN: model file)."""
     split = {
@@ -515,7 +498,7 @@ def _metadata(
             "epochs": state.epoch,
             "best_epoch": state.best_epoch,
             "seed": cfg.seed,
-            "val_auroc": state.best_auroc,
+            "val_auroc": state.best,
             "weights": state.weights,
             "preset": cfg.preset,
             "config": dataclasses.asdict(cfg),
@@ -526,7 +509,7 @@ def _metadata(
     }
 
 
-def _save_last(path: Path, model: CardioNet, optimizer, scheduler, state: _State) -> None:
+def _save_last(path: Path, model: CardioNet, optimizer, scheduler, state: RunState) -> None:
     """Everything needed to resume, loadable with ``weights_only=True`` (no pickled objects)."""
     payload = {
         "model": model.net.state_dict(),

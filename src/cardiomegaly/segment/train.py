@@ -38,6 +38,7 @@ from ..model import is_model_file
 from ..progress import progress_bar
 from ..runs import (
     Dist,
+    RunState,
     barrier,
     check_space,
     check_writable,
@@ -82,16 +83,6 @@ class DiceBCELoss(nn.Module):
         return self.dice(logits, target) + self.bce(logits, target)
 
 
-@dataclass
-class _State:
-    epoch: int = 0
-    best_dice: float = -1.0
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    weights: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
 def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> SegmentResult:
     """Train a segment model as ``cfg`` says (``cfg.task == "segment"``)."""
     torch.manual_seed(cfg.seed)
@@ -102,7 +93,7 @@ def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> Segme
         cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
     preprocessing = segment_preprocessing(cfg.image_size, cfg.resize)  # a bad size fails now
     model = build_segmenter(cfg.arch, cfg.width)
-    state = _State(weights=_load_weights(model, cfg.weights) if not resume else {})
+    state = RunState(weights=_load_weights(model, cfg.weights) if not resume else {})
     if ddp.main and not resume:
         check_writable(run_dir)
         check_space(
@@ -119,7 +110,7 @@ def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> Segme
         model.net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        state = _State(**saved["state"])
+        state = RunState.from_checkpoint(saved["state"])
         log.info("resuming %s after epoch %d", run_dir, state.epoch)
 
     for epoch in range(state.epoch, cfg.epochs):
@@ -166,13 +157,7 @@ def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> Segme
         }
 
         # Record, keep the best, stop early or go on.
-        state.history.append(row)
-        state.epoch = epoch + 1
-        improved = val_dice > state.best_dice
-        if improved:
-            state.best_dice, state.best_epoch, state.bad_epochs = val_dice, epoch + 1, 0
-        else:
-            state.bad_epochs += 1
+        improved = state.record(row, val_dice)
         if ddp.main:
             log.info(
                 "epoch %3d/%d  loss %.4f  val Dice %.4f (heart %.3f, lungs %.3f / %.3f)  %.0f s%s",
@@ -213,7 +198,7 @@ def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> Segme
         test = _evaluate_test(cfg, ddp, run_dir)
         if cfg.export_onnx:
             export_beside(run_dir / "model.safetensors")
-    return SegmentResult(run_dir, state.best_epoch, state.best_dice, test)
+    return SegmentResult(run_dir, state.best_epoch, state.best, test)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -255,6 +240,7 @@ def _load_weights(model: SegNet, source: str) -> dict[str, Any]:
 
 
 def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: Dist, resume):
+    """Records with masks, the patient-wise split (kept with the run), the cache warmed once."""
     records = load_records(cfg.data, cfg.data_config)
     if not set(mask_columns()) <= set(records.table.columns):
         raise UserError(
@@ -278,10 +264,9 @@ def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: Dist, resume):
     for name, table in tables.items():
         if table.empty:
             raise UserError(f"the {name} split is empty; more films or other fractions")
-    datasets = {
+    datasets = {  # the test split is scored at the end, as evaluate does
         "train": MaskDataset(tables["train"], cache, JointAugment(cfg.augment)),
         "val": MaskDataset(tables["val"], cache),
-        "test": MaskDataset(tables["test"], cache),
     }
     return records, tables, datasets
 
@@ -319,7 +304,7 @@ def _metadata(cfg, data_format, tables, state, preprocessing) -> dict[str, Any]:
             "epochs": state.epoch,
             "best_epoch": state.best_epoch,
             "seed": cfg.seed,
-            "val_dice": state.best_dice,
+            "val_dice": state.best,
             "weights": state.weights,
             "config": dataclasses.asdict(cfg),
         },

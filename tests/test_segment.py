@@ -464,3 +464,21 @@ def test_a_killed_segment_run_resumes_to_the_same_weights(seg_phantoms, tmp_path
     assert a["state"]["epoch"] == b["state"]["epoch"] == 3
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
+
+
+def test_a_model_trained_on_a_split_file_draws_a_fresh_split_on_other_data(seg_run, tmp_path):
+    """The split file of the training data names none of another dataset's patients."""
+    import yaml
+
+    from cardiomegaly import synthesize
+    from cardiomegaly.data.split import select_records
+    from cardiomegaly.model import save_model
+
+    model, meta = load_segmenter(seg_run / "model.safetensors")
+    meta["training"]["config"]["split"]["split_file"] = str(seg_run / "splits.csv")
+    save_model(tmp_path / "model.safetensors", model, meta)
+    other = tmp_path / "other"
+    synthesize(other, n=20, size=64, seed=9, progress=False)
+    _, table, description = select_records(tmp_path / "model.safetensors", meta, other, "test")
+    assert len(table) > 0 and "drawn afresh" in description
+    assert yaml.safe_load((seg_run / "config.yaml").read_text())["task"] == "segment"

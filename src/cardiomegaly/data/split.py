@@ -151,7 +151,9 @@ def select_records(
         return records, records.table, "all records (data the model was not trained on)"
     split_config = from_dict(SplitConfig, config.get("split"))
     saved = Path(model).parent / "splits.csv"
-    if same and saved.is_file():
+    if not same:  # a split file of the training data names none of these patients: draw afresh
+        split_config.split_file = None
+    elif saved.is_file():
         split_config.split_file = str(saved)
     assignment = patient_split(records, split_config)
     table = records.table[assignment == split]

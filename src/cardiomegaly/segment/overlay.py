@@ -39,9 +39,12 @@ def draw_measurement(
     canvas = Image.fromarray(picture)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=max(12, size // 30))
-    for name, diameter in (("thorax", measurement.thorax), ("heart", measurement.heart)):
-        if diameter is not None:
-            _diameter(draw, diameter, scale, DIAMETER[name], max(2, size // 200))
+    width = max(2, size // 200)
+    thorax_y = None
+    if measurement.thorax is not None:
+        thorax_y = _diameter(draw, measurement.thorax, scale, DIAMETER["thorax"], width)
+    if measurement.heart is not None:  # kept clear of the thorax line, so that both show
+        _diameter(draw, measurement.heart, scale, DIAMETER["heart"], width, avoid=thorax_y)
     if measurement.ctr is not None:
         text = (
             f"CTR {measurement.ctr:.2f}  (heart {measurement.heart_width_px} / thorax "
@@ -56,18 +59,30 @@ def draw_measurement(
     return canvas
 
 
-def _diameter(draw: ImageDraw.ImageDraw, d: Diameter, scale: float, colour, width: int) -> None:
-    """A horizontal line at the height between the two endpoints, a tick at each end, and a dot
-    at each endpoint where it lies on the outline."""
+def _diameter(
+    draw: ImageDraw.ImageDraw,
+    d: Diameter,
+    scale: float,
+    colour,
+    width: int,
+    avoid: float | None = None,
+) -> float:
+    """A horizontal line between the two endpoints' columns, at their mean height (moved up
+    from a line at ``avoid`` when it would cover it), a tick from the line to each endpoint, and
+    a dot on each endpoint. Returns the line's height."""
     (x0, y0), (x1, y1) = ((v * scale for v in p) for p in (d.left, d.right))
-    x0, y0, x1, y1 = x0, y0, x1 + scale, y1  # the last column is inside the mask
+    x1 += scale  # the last column is inside the mask
     y = (y0 + y1) / 2
+    gap = 6 * width
+    if avoid is not None and abs(y - avoid) < gap:
+        y = avoid - gap
     draw.line([(x0, y), (x1, y)], fill=colour, width=width)
     tick = 4 * width
     for x, y_end in ((x0, y0), (x1, y1)):
         draw.line([(x, min(y, y_end) - tick), (x, max(y, y_end) + tick)], fill=colour, width=width)
         draw.ellipse([x - 2 * width, y_end - 2 * width, x + 2 * width, y_end + 2 * width],
                      fill=colour)  # fmt: skip
+    return y
 
 
 def _label(draw, xy, text, font, fill=(0, 0, 0)) -> None:

@@ -118,9 +118,10 @@ def test_every_module_imports_in_a_fresh_interpreter_in_any_order(seed):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_the_command_line_builds_without_loading_torch():
+def test_the_command_line_predict_and_measure_load_without_torch():
     code = ("import sys\nfrom cardiomegaly.cli import build_parser\nbuild_parser()\n"
-            "import cardiomegaly.predict\nprint('torch' in sys.modules)")  # fmt: skip
+            "import cardiomegaly.predict, cardiomegaly.segment.measure\n"
+            "print('torch' in sys.modules)")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

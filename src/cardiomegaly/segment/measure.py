@@ -8,25 +8,28 @@
 
 from __future__ import annotations
 
+# torch (and the networks, which need it) is imported where the PyTorch backend runs: on a CPU,
+# measure runs the model.onnx beside the model file on ONNX Runtime and never loads torch.
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..artifacts import require_task
 from ..data.preprocess import prepare_file_with_meta, to_float
 from ..errors import ImageError
 from ..fileio import atomic_open, atomic_write_text
 from ..progress import progress_bar
-from ..runtime import autocast, onnx_backend, select_device, to_device
+from ..runtime import onnx_backend, select_device
 from .ctr import AP_NOTE, MASK_CLASSES, Measurement, clean_masks, measure_ctr
-from .model import SegNet, load_segmenter
+
+if TYPE_CHECKING:
+    from .model import SegNet
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -44,29 +47,6 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     """Intersection over union of two boolean masks (1.0 when both are empty)."""
     union = (pred | truth).sum()
     return 1.0 if union == 0 else float((pred & truth).sum() / union)
-
-
-def predict_masks(model: SegNet, images: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Boolean masks (B, 3, S, S) for films (B, 1, S, S) in [0, 1]: sigmoid > 0.5."""
-    model.eval()
-    with torch.no_grad(), autocast(device):
-        logits = model(to_device(images, device)).float().cpu()
-    return (logits > 0).numpy()
-
-
-def score_masks(
-    model: SegNet, ds: torch.utils.data.Dataset, device: torch.device, batch_size: int = 8
-) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted and true masks (N, 3, S, S), boolean, for every item of a mask dataset."""
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    preds, truths = [], []
-    for x, y in loader:
-        preds.append(predict_masks(model, x, device))
-        truths.append(y.numpy() > 0.5)
-    empty = np.zeros((0, len(MASK_CLASSES), 1, 1), bool)
-    return (np.concatenate(preds) if preds else empty), (
-        np.concatenate(truths) if truths else empty
-    )
 
 
 def as_dict(masks: np.ndarray) -> dict[str, np.ndarray]:
@@ -128,6 +108,8 @@ class Measurer:
             self.device = select_device(device)
             model.to(self.device).eval()
             if self.device.type == "cpu":
+                import torch
+
                 model.to(memory_format=torch.channels_last)
         self.image_size = int(meta["preprocessing"]["image_size"])
         self.resize = meta["preprocessing"]["resize"]
@@ -144,6 +126,8 @@ class Measurer:
         if session is not None:
             require_task(meta, "segment", path)
             return cls(None, meta, device, session)
+        from .model import load_segmenter
+
         model, meta = load_segmenter(path)
         return cls(model, meta, device)
 
@@ -152,6 +136,10 @@ class Measurer:
         x = np.ascontiguousarray(images, dtype=np.float32)[:, None]
         if self.session is not None:
             return self.session.run(None, {"image": x})[0] > 0
+        import torch
+
+        from .model import predict_masks
+
         return predict_masks(self.model, torch.from_numpy(x), self.device)
 
     def measure(self, film: str | Path | bytes) -> FilmMeasurement:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.networks.nets import BasicUNet, UNet
 from torch import nn
@@ -22,6 +23,7 @@ from torch import nn
 from ..artifacts import require_task
 from ..errors import UserError
 from ..model import load_state, save_model
+from ..runtime import autocast, to_device
 from .ctr import MASK_CLASSES
 
 #: Inputs must divide by this (four halvings).
@@ -119,3 +121,26 @@ def load_segmenter(path: str | Path) -> tuple[SegNet, dict[str, Any]]:
         raise UserError(f"{path}: weights do not fit a {arch['name']} of width {arch.get('width')}")
     model.net.load_state_dict(state)
     return model.eval(), meta
+
+
+def predict_masks(model: SegNet, images: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Boolean masks (B, 3, S, S) for films (B, 1, S, S) in [0, 1]: sigmoid > 0.5."""
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        logits = model(to_device(images, device)).float().cpu()
+    return (logits > 0).numpy()
+
+
+def score_masks(
+    model: SegNet, ds: torch.utils.data.Dataset, device: torch.device, batch_size: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true masks (N, 3, S, S), boolean, for every item of a mask dataset."""
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    preds, truths = [], []
+    for x, y in loader:
+        preds.append(predict_masks(model, x, device))
+        truths.append(y.numpy() > 0.5)
+    empty = np.zeros((0, len(MASK_CLASSES), 1, 1), bool)
+    return (np.concatenate(preds) if preds else empty), (
+        np.concatenate(truths) if truths else empty
+    )

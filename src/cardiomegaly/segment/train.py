@@ -53,8 +53,15 @@ from ..runtime import autocast, to_device
 from .ctr import MASK_CLASSES
 from .data import JointAugment, MaskDataset
 from .evaluate import evaluate_segmenter
-from .measure import dice, score_masks
-from .model import SegNet, build_segmenter, load_segmenter, save_segmenter, segment_preprocessing
+from .measure import dice
+from .model import (
+    SegNet,
+    build_segmenter,
+    load_segmenter,
+    save_segmenter,
+    score_masks,
+    segment_preprocessing,
+)
 
 log = logging.getLogger(__name__)
 

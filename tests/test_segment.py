@@ -482,3 +482,29 @@ def test_a_model_trained_on_a_split_file_draws_a_fresh_split_on_other_data(seg_r
     _, table, description = select_records(tmp_path / "model.safetensors", meta, other, "test")
     assert len(table) > 0 and "drawn afresh" in description
     assert yaml.safe_load((seg_run / "config.yaml").read_text())["task"] == "segment"
+
+
+def test_two_process_ddp_trains_a_segment_model_on_the_cpu(seg_phantoms, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIOMEGALY_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "cardiomegaly", "train",
+               "--task", "segment", "--data", str(seg_phantoms), "--image-size", "64",
+               "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--no-export-onnx",
+               "--out", str(tmp_path / "ddp")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "ddp"
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [1, 2]
+    metrics = json.loads((run / "test" / "metrics.json").read_text())
+    assert metrics["films"] == read_metadata(run / "model.safetensors")["training"]["split"][
+        "test"]["images"]  # fmt: skip
+    assert result.stdout.count("test Dice") == 1  # only rank 0 evaluates and reports

@@ -34,7 +34,7 @@ class MaskDataset(torch.utils.data.Dataset):
         self.paths = list(table["path"])
         self.cache, self.augment = cache, augment
         self.masks = (
-            np.stack([_square_masks(row, cache) for _, row in table.iterrows()])
+            np.stack([square_masks(row, cache) for _, row in table.iterrows()])
             if len(table)
             else np.zeros((0, 3, cache.size, cache.size), np.uint8)
         )
@@ -50,7 +50,9 @@ class MaskDataset(torch.utils.data.Dataset):
         return x, y.float()
 
 
-def _square_masks(row: pd.Series, cache: ImageCache) -> np.ndarray:
+def square_masks(row: pd.Series, cache: ImageCache) -> np.ndarray:
+    """A record's three masks (3, S, S) as uint8 0/1, squared with the cache's size and resize
+    policy, as its film is; a file that is no mask raises ImageError naming it."""
     out = []
     for column in mask_columns():
         try:

@@ -32,7 +32,7 @@ from ..evaluate.run import EvalResult, out_folder
 from ..fileio import atomic_open, atomic_write_text
 from ..model import read_metadata
 from .ctr import AP_NOTE, MASK_CLASSES
-from .data import _square_masks
+from .data import square_masks
 from .measure import Measurer, dice, iou
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _measure(measurer: Measurer, table: pd.DataFrame, batch_size: int, cache_dir
                "view": film.view, "ctr": measured.ctr, "error": measured.error,
                "quality": measured.row()["quality"]}  # fmt: skip
         if measured.error is None and has_masks:
-            truth = _square_masks(pd.Series(film._asdict()), cache)
+            truth = square_masks(pd.Series(film._asdict()), cache)
             for k, organ in enumerate(MASK_CLASSES):
                 row[f"dice_{organ}"] = dice(measured.masks[organ], truth[k] > 0)
                 row[f"iou_{organ}"] = iou(measured.masks[organ], truth[k] > 0)

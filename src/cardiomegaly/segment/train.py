@@ -33,7 +33,7 @@ from ..data.split import patient_split, save_splits
 from ..errors import UserError
 from ..evaluate import plots
 from ..export import export_beside
-from ..fileio import atomic_open
+from ..fileio import atomic_open, sha256_of
 from ..model import is_model_file
 from ..progress import progress_bar
 from ..runs import (
@@ -218,8 +218,6 @@ def _load_weights(model: SegNet, source: str) -> dict[str, Any]:
         if source == "imagenet":
             log.warning("no ImageNet weights exist for a U-Net; it starts from random weights")
         return {"source": "none"}
-    from ..fileio import sha256_of
-
     path = Path(source)
     if not path.is_file():
         raise UserError(f"--weights {source}: no such file; use none or a weights file")

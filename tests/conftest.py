@@ -32,7 +32,7 @@ def nih_sample() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Thirty 80 px phantoms from 18 patients: enough for three splits with both classes."""
+    """Thirty 80 px phantoms from 15 patients: enough for three splits with both classes."""
     from cardiomegaly import synthesize
 
     root = tmp_path_factory.mktemp("tiny-phantoms")
@@ -103,4 +103,18 @@ def seg_run(seg_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         export_onnx=False,
     )
     train(config, out=run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def cv_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A three-fold cross-validation of the tiny phantoms (one epoch per fold) and its ensemble,
+    exported to ONNX."""
+    from cardiomegaly import train
+    from makers import tiny_train_config
+
+    run = tmp_path_factory.mktemp("cv-run") / "run"
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    train(tiny_train_config(tiny_phantoms, cache_dir=str(cache), epochs=1, folds=3,
+                            export_onnx=True), out=run)  # fmt: skip
     return run

@@ -204,6 +204,23 @@ def write_nih(
     return root
 
 
+def write_two_nih(root: Path, patients: int = 12) -> tuple[Path, Path]:
+    """Two folders of one NIH dataset, as in ../shared: ``cardio`` (Cardiomegaly and No Finding
+    films) and ``others`` (other findings, a few Cardiomegaly; its data.yaml makes every film
+    without Cardiomegaly a negative). Patients 1 and 2 have films in both folders."""
+    cardio, others = [], []
+    for p in range(1, patients + 1):
+        label = "Cardiomegaly" if p % 3 == 0 else "No Finding"
+        cardio += [(f"{p:08d}_{k:03d}.png", label, str(p), "PA" if k else "AP") for k in range(2)]
+    for p in [1, 2, *range(101, 101 + patients)]:
+        label = "Cardiomegaly|Effusion" if p % 4 == 0 else "Effusion|Mass"
+        others.append((f"{p:08d}_009.png", label, str(p), "AP" if p % 2 else "PA"))
+    write_nih(root / "cardio", cardio)
+    write_nih(root / "others", others)
+    (root / "others" / "data.yaml").write_text("format: nih\nnegatives: all-others\n")
+    return root / "cardio", root / "others"
+
+
 def write_chexpert(root: Path, rows: list[dict]) -> Path:
     """A CheXpert-v1.0-small folder; each row gives patient, study, view, flags ('' = blank)."""
     table = []

@@ -21,7 +21,8 @@ SLOW = {"train", "serve", "demo"}
 def _commands() -> list[str]:
     """Every command line in the README's bash blocks that runs cardiomegaly."""
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    lines = [line.strip() for block in blocks  # a line ending in \ goes on below
+             for line in block.replace("\\\n", " ").splitlines()]  # fmt: skip
     return [line for line in lines if re.match(r"(cardiomegaly|python -m cardiomegaly|torchrun)\b",
                                                line)]  # fmt: skip
 

@@ -18,6 +18,7 @@ import traceback
 import typing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -90,7 +91,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         save_splits(records, split, args.splits)
         print(f"splits      {args.splits}")
     if summary.blocking:
-        raise UserError(f"{args.data}: cannot be trained on: {summary.blocking}")
+        raise UserError(f"{', '.join(args.data)}: cannot be trained on: {summary.blocking}")
     return 0
 
 
@@ -159,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = load_yaml(args.config) if args.config else {}
         for f in _train_fields():
             if getattr(args, f.name) is not None:  # said on the command line
-                overrides[f.name] = getattr(args, f.name)
+                overrides[f.name] = _one_or_list(getattr(args, f.name), f)
         if args.hflip:
             overrides.setdefault("augment", {})["hflip"] = True
         if args.views:
@@ -173,6 +174,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not config.data:
             raise UserError("no data: give --data DATA (a folder, CSV, data YAML or synthetic)")
         result = train(config, out=args.out)
+    if int(os.environ.get("RANK", "0")) == 0 and hasattr(result, "oof"):  # --folds K
+        auc = result.oof["auroc"]
+        print(f"model       {result.model}  (ensemble of {len(result.folds)} fold models)")
+        print(f"folds       {result.run_dir / 'fold0'} ... fold{len(result.folds) - 1}")
+        print(f"out-of-fold AUROC {_num(auc['value'])} (95 % CI {_ci(auc.get('ci95'))}; every "
+              f"film scored once by the fold model that never saw its patient)")  # fmt: skip
+        for name, g in result.oof["subgroups"].get("positives vs", {}).items():
+            print(f"  positives vs {name}: AUROC {_num(g['auroc'])} (95 % CI {_ci(g['ci95'])})")
+        print(f"report      {result.run_dir / 'oof' / 'report.html'}")
+        return 0
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for all
         best = (f"validation Dice {result.val_dice:.4f}" if hasattr(result, "val_dice")
                 else f"validation AUROC {result.val_auroc:.4f}")  # fmt: skip
@@ -197,9 +208,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "cache_dir": args.cache_dir,
     }
     if len(args.models) == 1 and _task_of(args.models[0]) == "segment":
-        return _evaluate_segmenter(args.models[0], args.data, options)
+        return _evaluate_segmenter(args.models[0], _data(args), options)
     if len(args.models) == 2:
-        result = compare(*args.models, args.data, **options)
+        result = compare(*args.models, _data(args), **options)
         m = result.metrics
         for name in ("a", "b"):
             auc = m[f"auroc_{name}"]
@@ -215,7 +226,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for note in m["notes"]:
             print(f"note        {note}")
     else:
-        result = evaluate(args.models[0], args.data, **options)
+        result = evaluate(args.models[0], _data(args), **options)
         m = result.metrics
         print(
             f"records     {m['images']} images, {m['patients']} patients, "
@@ -230,6 +241,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"AUROC       {auc['value']:.4f} (95 % CI {_ci(auc['ci95'])} patient bootstrap; "
                 f"{_ci(delong.get('ci95'))} DeLong)"
             )
+        for column in ("positives vs", "source"):  # a shortcut shows as a gap here
+            for name, g in m["subgroups"].get(column, {}).items():
+                print(f"  {column} {name}: AUROC {_num(g['auroc'])} (95 % CI {_ci(g['ci95'])}; "
+                      f"{g['images']} images, {g['positives']} positive)")  # fmt: skip
         for name, op in m["operating_points"].items():
             sens, spec = op["sensitivity"]["value"], op["specificity"]["value"]
             print(
@@ -325,7 +340,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(
         f"scored      {len(scored)} of {len(paths)} images; {positives} at or above the "
         f"threshold {clf.threshold:.3f} ({clf.meta['threshold']['rule']}, chosen on "
-        f"validation) on {BACKENDS[clf.backend]}"
+        f"{clf.meta['threshold'].get('chosen_on', 'validation')}) on {BACKENDS[clf.backend]}"
     )
     errors = [p for p in predictions if p.error is not None]
     for p in errors[:20]:
@@ -394,7 +409,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     result = explain(
         args.model,
-        args.data,
+        _data(args),
         args.split,
         args.out,
         batch_size=args.batch_size,
@@ -502,6 +517,21 @@ class _Archs:
         return iter(self._names())
 
 
+DATA_HELP = "data folder, CSV, data YAML, or 'synthetic'; several sources make one dataset"
+
+
+def _data(args: argparse.Namespace) -> str | list[str]:
+    """``--data`` given once is one source; given more often, a list of them."""
+    return args.data[0] if len(args.data) == 1 else list(args.data)
+
+
+def _one_or_list(value: Any, f: dataclasses.Field) -> Any:
+    """A flag given once is one value (one data source); given more often, a list."""
+    if f.metadata.get("kind") == "append" and len(value) == 1:
+        return value[0]
+    return value
+
+
 def _train_fields() -> list[dataclasses.Field]:
     """TrainConfig's plain fields: each is a ``train`` flag (nested configs have their own)."""
     return [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
@@ -526,6 +556,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                 )
             else:
                 p.add_argument(flag, action="store_true", default=None, help=meta["help"])
+            continue
+        if meta.get("kind") == "append":
+            p.add_argument(flag, action="append", metavar=f.name.upper(), help=meta["help"])
             continue
         if typing.get_origin(kind) is list:
             p.add_argument(flag, type=lambda text: text.split(","), help=meta["help"])
@@ -561,7 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("data", help="summarise a data source and list its problems")
-    p.add_argument("data", help="data folder, CSV, data YAML, or 'synthetic'")
+    p.add_argument(
+        "data",
+        nargs="+",
+        help="data folder, CSV, data YAML, or 'synthetic'; several are one dataset",
+    )
     p.add_argument("--views", nargs="+", choices=["PA", "AP"], help="keep only these views")
     p.add_argument(
         "--image-size",
@@ -588,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics with intervals, plots and report.html")
     p.add_argument("models", nargs="+", metavar="MODEL", help="a model file; two to compare")
-    p.add_argument("--data", required=True, help="data folder, CSV, data YAML, or 'synthetic'")
+    p.add_argument("--data", required=True, action="append", help=DATA_HELP)
     p.add_argument(
         "--split",
         choices=["test", "val", "all"],
@@ -635,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="Grad-CAM overlays and localisation against heart boxes")
     p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")
-    p.add_argument("--data", required=True, help="data folder, CSV, data YAML, or 'synthetic'")
+    p.add_argument("--data", required=True, action="append", help=DATA_HELP)
     p.add_argument(
         "--split",
         choices=["test", "val", "all"],

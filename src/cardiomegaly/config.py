@@ -184,7 +184,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 class TrainConfig:
     """Everything one training run needs; saved as ``config.yaml`` in the run folder."""
 
-    data: str = _opt("", "data folder, CSV, data YAML, or 'synthetic'")
+    data: str | list[str] = field(default="", metadata={
+        "help": "data folder, CSV, data YAML, or 'synthetic'; give it again for several sources",
+        "kind": "append"})  # fmt: skip
     task: str = _opt("classify", "classify (cardiomegaly probability) or segment (heart and "
                      "lungs, for the cardiothoracic ratio) (classify)", choices=TASKS)  # fmt: skip
     arch: str = _opt("inception_v3", "network: %(choices)s (inception_v3; unet for segment)",
@@ -222,6 +224,9 @@ class TrainConfig:
     export_onnx: bool = _opt(
         True, "write model.onnx beside the model file: predict's fast CPU path"
     )
+    folds: int = _opt(1, "K-fold patient-wise cross-validation: K models, out-of-fold "
+                      "predictions for every film, and their ensemble (1: one split)",
+                      kind="positive")  # fmt: skip
     seed: int = _opt(0, "random seed (0)")
     device: str = _opt("auto", "auto: CUDA when there is one (auto)", choices=DEVICES)
     workers: int = _opt(0, "data-loading processes (0)")
@@ -273,6 +278,13 @@ class TrainConfig:
         check_threshold_rule(self.threshold_rule)
         if self.aux_logits and (self.arch != "inception_v3" or self.image_size < 299):
             raise ConfigError("aux_logits needs --arch inception_v3 and --image-size 299 or more")
+        if self.folds < 1:
+            raise ConfigError(f"folds must be at least 1, not {self.folds}")
+        if self.folds > 1 and self.task != "classify":
+            raise ConfigError(
+                "folds: cross-validation trains classifiers; for segmentation see "
+                "benchmarks/segment_jsrt.py"
+            )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
 
@@ -333,6 +345,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         kind = hints[key]
         if dataclasses.is_dataclass(kind) and isinstance(kind, type):
             value = from_dict(kind, value, where=f"{where}{key}.")
+        elif _is_list(kind, str) and isinstance(value, str) and _is_union_with(kind, str):
+            pass  # `data: folder` stays one source; `data: [a, b]` is several
         elif _is_list(kind, str) and isinstance(value, (str, int, float)):
             value = [str(value)]  # `views: PA` means [PA]
         elif _is_list(kind, str) and isinstance(value, list):
@@ -342,6 +356,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         return cls(**kwargs)
     except TypeError as exc:  # a value of the wrong type reaching __post_init__
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+
+
+def _is_union_with(kind: Any, item: type) -> bool:
+    """Whether ``kind`` is a union that takes ``item`` itself (``str | list[str]``)."""
+    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    return union and item in typing.get_args(kind)
 
 
 def _is_list(kind: Any, item: type) -> bool:

@@ -25,6 +25,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from .data.preprocess import box_to_square, prepare_file_with_meta, to_float
+from .data.records import DataArg, data_label
 from .data.split import select_records
 from .errors import ImageError, UserError
 from .evaluate.metrics import patient_resamples, percentile_interval, wilson
@@ -52,7 +53,7 @@ def cam_layer(clf: Classifier) -> str:
     candidates = ARCHS[clf.model.arch].cam_layers
     sizes: dict[str, int] = {}
     hooks = [
-        clf.model.net.get_submodule(name).register_forward_hook(
+        clf.model.cam_targets(name)[0].register_forward_hook(
             lambda _m, _i, out, name=name: sizes.__setitem__(name, min(out.shape[-2:]))
         )
         for name in candidates
@@ -73,11 +74,11 @@ def heatmaps(clf: Classifier, images: np.ndarray, layer: str | None = None) -> n
     """
     name = layer or cam_layer(clf)
     try:
-        target = clf.model.net.get_submodule(name)
+        targets = clf.model.cam_targets(name)  # an ensemble's: one per member, averaged
     except AttributeError:
         raise UserError(f"no layer '{name}' in {clf.model.arch}") from None
     x = to_device(torch.from_numpy(np.ascontiguousarray(images, np.float32))[:, None], clf.device)
-    with GradCAM(model=clf.model, target_layers=[target]) as cam:
+    with GradCAM(model=clf.model, target_layers=targets) as cam:
         heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * len(x))
     return np.nan_to_num(heat.astype(np.float32))
 
@@ -191,7 +192,7 @@ class ExplainResult:
 
 def explain(
     model: str | Path,
-    data: str | Path,
+    data: DataArg,
     split: str = "test",
     out: str | Path | None = None,
     *,
@@ -269,7 +270,7 @@ def explain(
     summary = _summarise(rows, size, n_boot, seed)
     summary.update(
         model=str(model),
-        data=str(data),
+        data=data_label(data),
         split=split,
         split_description=description,
         layer=layer,

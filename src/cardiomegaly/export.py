@@ -121,7 +121,7 @@ def export(
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    log.info("exported %s (max probability difference %.2e)", out, difference)
+    log.debug("exported %s (max probability difference %.2e)", out, difference)
     return ExportResult(out, format, difference, samples)
 
 

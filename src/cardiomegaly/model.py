@@ -10,6 +10,7 @@ and the model file records it, so every consumer reads it back instead of re-dec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -80,6 +81,12 @@ def _resnet(aux: bool) -> nn.Module:
     return net
 
 
+def _resnet18(aux: bool) -> nn.Module:
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = nn.Linear(net.fc.in_features, 1)
+    return net
+
+
 ARCHS: dict[str, Arch] = {
     "inception_v3": Arch(
         _inception,
@@ -115,6 +122,10 @@ ARCHS: dict[str, Arch] = {
         cam_layers=("layer4", "layer3"),
     ),
 }
+# A small network (11 M parameters, a fifth of ResNet-50's work) for few films from scratch.
+ARCHS["resnet18"] = dataclasses.replace(
+    ARCHS["resnet50"], build=_resnet18, weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+)
 
 
 class CardioNet(nn.Module):
@@ -192,6 +203,10 @@ class CardioNet(nn.Module):
         self.train(self.training)
         return trainable
 
+    def cam_targets(self, name: str) -> list[nn.Module]:
+        """The module called ``name`` in the backbone, for Grad-CAM (AttributeError if none)."""
+        return [self.net.get_submodule(name)]
+
     def head_parameters(self) -> list[nn.Parameter]:
         spec = ARCHS[self.arch]
         return [p for n, p in self.net.named_parameters() if n.startswith(spec.head)]
@@ -199,6 +214,44 @@ class CardioNet(nn.Module):
     def backbone_parameters(self) -> list[nn.Parameter]:
         spec = ARCHS[self.arch]
         return [p for n, p in self.net.named_parameters() if not n.startswith(spec.head)]
+
+
+class Ensemble(nn.Module):
+    """Members of one architecture (the K models of a cross-validation) as one classifier: the
+    probability is the mean of the members' probabilities, each with its own calibration
+    temperature. ``forward`` returns the logit of that mean, so every consumer (predict, ONNX,
+    serve) treats an ensemble like any model; Grad-CAM averages the members' maps.
+
+    >>> ens = Ensemble([build_model("resnet50"), build_model("resnet50")])
+    >>> ens.eval()(torch.rand(2, 1, 64, 64)).shape
+    torch.Size([2])
+    """
+
+    def __init__(self, members: list[CardioNet], temperatures: list[float] | None = None):
+        super().__init__()
+        if not members or len({m.arch for m in members}) != 1:
+            raise UserError("an ensemble needs members of one architecture")
+        self.arch = members[0].arch
+        self.net = nn.ModuleList(members)
+        t = torch.tensor(temperatures or [1.0] * len(members), dtype=torch.float32)
+        self.register_buffer("temperatures", t.view(-1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor, with_aux: bool = False):
+        logits = torch.stack([m(x) for m in self.net]).float()
+        p = torch.sigmoid(logits / self.temperatures).mean(0).clamp(1e-7, 1 - 1e-7)
+        out = torch.log(p) - torch.log1p(-p)
+        return (out, None) if with_aux else out
+
+    def describe(self) -> dict[str, Any]:
+        """What the model file records to rebuild this ensemble."""
+        first = self.net[0].describe()
+        return {**first, "members": len(self.net),
+                "temperatures": [round(float(t), 6) for t in self.temperatures.flatten()],
+                "combine": "mean of the members' probabilities"}  # fmt: skip
+
+    def cam_targets(self, name: str) -> list[nn.Module]:
+        """The module called ``name`` in every member's backbone."""
+        return [m.net.get_submodule(name) for m in self.net]
 
 
 def _set_dropout(net: nn.Module, p: float) -> None:
@@ -437,8 +490,9 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return state, meta
 
 
-def load_model(path: str | Path) -> tuple[CardioNet, dict[str, Any]]:
-    """A model file back as an eval-mode :class:`CardioNet` and its metadata.
+def load_model(path: str | Path) -> tuple[CardioNet | Ensemble, dict[str, Any]]:
+    """A model file back as an eval-mode :class:`CardioNet` (or the :class:`Ensemble` that
+    ``train --folds`` writes) and its metadata.
 
     >>> net, meta = load_model("runs/train/exp/model.safetensors")    # doctest: +SKIP
     >>> meta["preprocessing"]["image_size"], meta["threshold"]["value"]  # doctest: +SKIP
@@ -447,8 +501,16 @@ def load_model(path: str | Path) -> tuple[CardioNet, dict[str, Any]]:
     state, meta = load_state(path)
     require_task(meta, "classify", path)
     arch = meta["architecture"]
-    model = CardioNet(
-        arch["name"], dropout=arch.get("dropout", 0.5), aux_logits=arch.get("aux_logits", False)
-    )
+
+    def member() -> CardioNet:
+        return CardioNet(arch["name"], dropout=arch.get("dropout", 0.5),
+                         aux_logits=arch.get("aux_logits", False))  # fmt: skip
+
+    if "members" in arch:
+        model: CardioNet | Ensemble = Ensemble(
+            [member() for _ in range(int(arch["members"]))], arch.get("temperatures")
+        )
+    else:
+        model = member()
     _load_exact(model.net, state, Path(path))
     return model.eval(), meta

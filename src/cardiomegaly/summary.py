@@ -45,6 +45,11 @@ class DataSummary:
             f"sexes       {_counts(t['sex'])}",
             f"boxes       {r.boxes}",
         ]
+        kinds = t["negative_kind"][t["label"] == 0]
+        if kinds.ne("").any():
+            out.append(f"negatives   by kind: {_counts(kinds)}")
+        if len(r.sources) > 1:
+            out += self._source_lines()
         if "ctr" in t.columns:
             out.append(f"ctr         {t['ctr'].min():.3f} to {t['ctr'].max():.3f}")
         masks = [c.removeprefix("mask_") for c in t.columns if c.startswith("mask_")]
@@ -71,10 +76,34 @@ class DataSummary:
             out.append("split       images  patients  positives")
             for name in SPLITS:
                 part = t[split == name]
+                by_source = ""
+                if len(r.sources) > 1:
+                    by_source = (
+                        "  ("
+                        + ", ".join(
+                            f"{s} {n}" for s, n in part["source"].value_counts(sort=False).items()
+                        )
+                        + ")"
+                    )
                 out.append(
                     f"  {name:<9} {len(part):>6}  {part['patient'].nunique():>8}  "
-                    f"{int(part['label'].sum()):>9}"
+                    f"{int(part['label'].sum()):>9}{by_source}"
                 )
+        return out
+
+    def _source_lines(self) -> list[str]:
+        r, t = self.records, self.records.table
+        out = ["sources     images  patients  positives  negatives"]
+        for name in r.sources:
+            part = t[t["source"] == name]
+            positives = int(part["label"].sum())
+            out.append(f"  {name:<24} {len(part):>6}  {part['patient'].nunique():>8}  "
+                       f"{positives:>9}  {len(part) - positives:>9}")  # fmt: skip
+        overlap = r.overlap()
+        out.append(f"overlap     {len(overlap)} patients have images in more than one source"
+                   + " (each stays in one split)" * bool(overlap))  # fmt: skip
+        pairs = Counter(" + ".join(s) for s in overlap.values())
+        out += [f"  {n:>7}  {pair}" for pair, n in pairs.most_common()]
         return out
 
 

@@ -12,7 +12,6 @@ import dataclasses
 import datetime
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,10 @@ from torch.utils.data import DataLoader
 from . import __version__
 from .artifacts import probabilities
 from .config import THRESHOLD_RULES, TrainConfig, from_dict, load_yaml, save_yaml
-from .data.cache import ImageCache
+from .crossval import CVResult, train_folds
+from .data.cache import ImageCache, seen_metadata
 from .data.dataset import XrayDataset, train_augmentation
-from .data.records import Records, load_records
+from .data.records import Records, absolute_sources, load_records
 from .data.split import TEST_SPLIT, patient_split, save_splits
 from .errors import UserError
 from .evaluate import plots
@@ -78,10 +78,11 @@ def train(
     cfg: TrainConfig | None = None,
     out: str | Path | None = None,
     resume: str | Path | None = None,
-) -> TrainResult | SegmentResult:
+) -> TrainResult | SegmentResult | CVResult:
     """Train a model as ``cfg`` says; write the run folder; evaluate the best model on test.
     ``cfg.task`` chooses the classifier (this module) or heart and lung segmentation
-    (:mod:`cardiomegaly.segment.train`).
+    (:mod:`cardiomegaly.segment.train`); ``cfg.folds`` > 1 trains one classifier per fold
+    and their ensemble (:mod:`cardiomegaly.crossval`).
 
     ``resume`` continues a killed run from its ``last.pt`` (with the configuration saved there)
     and ends with the same weights as an uninterrupted run on the CPU.
@@ -97,6 +98,8 @@ def train(
     try:
         if cfg.task == "segment":
             return train_segmenter(cfg, ddp, out, resume)
+        if cfg.folds > 1:
+            return train_folds(cfg, ddp, out, resume, train_one=_train)
         return _train(cfg, ddp, out, resume)
     finally:
         if ddp.world > 1:
@@ -112,6 +115,7 @@ class _Data:
     train: XrayDataset
     val: XrayDataset
     test: XrayDataset
+    seen: list[str]  # fingerprints of the films trained or tuned on (train and val)
 
 
 @dataclass
@@ -127,19 +131,21 @@ class _Optim:
 def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
     _seed(cfg.seed)
     run_dir = Path(resume) if resume else run_folder(out, ddp)
-    if Path(cfg.data).exists():  # a resume from another folder finds the data again
-        cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
+    # Absolute paths: a resume from another folder finds the data again.
+    cfg = dataclasses.replace(cfg, data=absolute_sources(cfg.data))
     # The model first: a missing weights file or an offline download fails in seconds.
     model = build_model(cfg.arch, dropout=cfg.dropout, aux_logits=cfg.aux_logits)
-    state = RunState(weights=load_weights(model, cfg.weights) if not resume else {})
-    if ddp.main and not resume:
+    # Killed before the first epoch ended (no last.pt): a resume starts over, weights included.
+    restart = resume is not None and (run_dir / "last.pt").is_file()
+    state = RunState(weights={} if restart else load_weights(model, cfg.weights))
+    if ddp.main and not (run_dir / "config.yaml").is_file():
         _start_run_folder(run_dir, cfg, model)
     data = _prepare_data(cfg, run_dir, ddp, resume)
     model.to(ddp.device)
     if ddp.device.type == "cpu":
         model.to(memory_format=torch.channels_last)
     opt = _optimisation(cfg, model, data, ddp)
-    if resume and (run_dir / "last.pt").is_file():  # without it, killed in epoch 1: start over
+    if restart:
         state = _resume(run_dir, model, opt, ddp)
     stages = _stages(cfg)
     board = _tensorboard(run_dir) if ddp.main else None
@@ -284,12 +290,14 @@ def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: Dist, resume) -> _Data:
     for name, table in tables.items():
         if table["label"].nunique() < 2:
             raise UserError(f"the {name} split has only one class; more data or other fractions")
+    learnt_from = pd.concat([tables["train"], tables["val"]])["path"]
     return _Data(
         records,
         tables,
         train=XrayDataset(tables["train"], cache, train_augmentation(cfg.augment)),
         val=XrayDataset(tables["val"], cache),
         test=XrayDataset(tables["test"], cache),
+        seen=sorted(set(cache.fingerprints(learnt_from))),
     )
 
 
@@ -346,7 +354,7 @@ def _finish(cfg: TrainConfig, ddp: Dist, run_dir: Path, data: _Data) -> dict[str
     skipped = [{"path": p, "reason": r} for p, r in read_skipped(run_dir)]
     context = {
         "model": str(run_dir / "model.safetensors"),
-        "data": str(cfg.data),
+        "data": cfg.data,
         "format": data.records.format,
         "split": "test",
         "split_description": TEST_SPLIT.format(seed=cfg.split.seed),
@@ -491,7 +499,7 @@ def _metadata(
         "preprocessing": preprocessing_for(cfg.arch, cfg.image_size, cfg.resize),
         "threshold": _threshold(cfg, val_labels, val_probs),
         "training": {
-            "data": str(cfg.data),
+            "data": cfg.data,
             "format": data.records.format,
             "split": split,
             "split_seed": cfg.split.seed,
@@ -506,6 +514,7 @@ def _metadata(
         "versions": versions,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "intended_use": "research only; not a medical device",
+        "seen": seen_metadata(data.seen),
     }
 
 

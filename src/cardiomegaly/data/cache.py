@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from platformdirs import user_cache_dir
@@ -37,6 +38,38 @@ def default_cache_dir() -> Path:
     """``$CARDIOMEGALY_CACHE`` if set, else the user cache folder (``~/.cache/cardiomegaly``)."""
     env = os.environ.get("CARDIOMEGALY_CACHE")
     return Path(env) if env else Path(user_cache_dir("cardiomegaly"))
+
+
+#: How a model file fingerprints the films it learned from (see :func:`pixel_fingerprint`).
+FINGERPRINT_METHOD = (
+    "SHA-256 of the preprocessed pixels (float32, the model's input size), first 16 hex digits"
+)
+
+
+def pixel_fingerprint(image: np.ndarray) -> str:
+    """A film's fingerprint: a hash of its decoded, preprocessed pixels (never its name or
+    path, so a renamed copy has the same one; nothing about the patient can be read back).
+
+    >>> pixel_fingerprint(np.zeros((4, 4), np.float32))
+    'f5a5fd42d16a2030'
+    """
+    return hashlib.sha256(np.ascontiguousarray(image, np.float32).tobytes()).hexdigest()[:16]
+
+
+def seen_metadata(fingerprints: Iterable[str]) -> dict[str, Any]:
+    """What a model file records of the films it was trained or tuned on."""
+    films = sorted(set(fingerprints))
+    return {"method": FINGERPRINT_METHOD, "count": len(films), "films": films}
+
+
+def count_seen(meta: dict[str, Any], fingerprints: Iterable[str]) -> int | None:
+    """How many of these films (by fingerprint) the model file says it learnt from; None for
+    a model file that does not say (written before fingerprints were recorded)."""
+    seen = meta.get("seen")
+    if not seen:
+        return None
+    known = set(seen.get("films", []))
+    return sum(fp in known for fp in fingerprints)
 
 
 class ImageCache:
@@ -77,6 +110,10 @@ class ImageCache:
         except OSError as exc:  # a full or read-only cache slows us down but breaks nothing
             log.warning("cannot write cache entry %s (%s)", entry, exc)
         return to_float(stored)  # the stored values, so a hit and a miss return the same
+
+    def fingerprints(self, paths: Iterable[str | Path]) -> list[str]:
+        """:func:`pixel_fingerprint` of each image (decoded once, through the cache)."""
+        return [pixel_fingerprint(self.get(p)) for p in paths]
 
     def bytes_needed(self, paths: Sequence[str | Path]) -> int:
         """Disk space the entries missing for ``paths`` will take (16-bit, the larger kind).

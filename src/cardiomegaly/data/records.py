@@ -1,5 +1,9 @@
 """Every data source becomes one records table; this module defines it and finds the source.
 
+Several sources make one table: each row keeps its ``source`` (the folder or file it came from),
+a patient of one dataset found in two folders (the same NIH patient ID) stays one patient, and
+patients of different datasets never merge (their ids are prefixed by dataset or source).
+
 One row per image, with the columns in :data:`RECORD_COLUMNS` (sources may add more, such as
 ``ctr`` for phantoms or ``source_split`` for MIMIC). Rows that are neither positive nor negative,
 whose view is filtered out, or whose file is missing are counted by reason and left out, never
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,9 +43,21 @@ RECORD_COLUMNS = [
     "box_y",
     "box_w",
     "box_h",  # heart box in the stored image's pixels, NaN if none
-    "source",  # the format that produced the row
+    "source",  # the data source (folder or file name) the row came from
     "source_row",  # file:line of the row it came from
+    "negative_kind",  # negatives: "no finding" / "other findings" where the source says; else ""
 ]
+
+TEXT_COLUMNS = ("view", "sex", "source_row", "negative_kind")
+
+#: Formats whose patient ids name the same person in every folder of the dataset: two folders
+#: of NIH films share patients; two hospital CSVs do not.
+GLOBAL_PATIENT_IDS = ("nih", "chexpert", "mimic")
+
+#: A data folder holding this file is read as this data YAML (format, columns, negatives).
+FOLDER_YAML = "data.yaml"
+
+DataArg = str | Path | Sequence[str | Path]
 
 
 @dataclass
@@ -53,6 +70,7 @@ class Records:
     excluded: Counter = field(default_factory=Counter)  # reason -> rows left out
     missing: list[str] = field(default_factory=list)  # files the source names but lacks
     notes: list[str] = field(default_factory=list)  # things a user should know
+    sources: list[str] = field(default_factory=list)  # source names, in the order given
 
     def __len__(self) -> int:
         return len(self.table)
@@ -73,22 +91,109 @@ class Records:
     def boxes(self) -> int:
         return int(self.table["box_w"].notna().sum())
 
+    def overlap(self) -> dict[str, list[str]]:
+        """Patients with images in more than one source -> those sources (sorted)."""
+        per = self.table.groupby("patient")["source"].unique()
+        return {str(p): sorted(s) for p, s in per.items() if len(s) > 1}
+
     def subset(self, mask: pd.Series | np.ndarray) -> Records:
         """The same source restricted to some rows (a split, say)."""
         return replace(self, table=self.table[np.asarray(mask)].reset_index(drop=True))
 
 
-def load_records(data: str | Path, config: DataConfig | None = None) -> Records:
-    """Read a data source into a :class:`Records` table.
+def data_sources(data: DataArg | None) -> list[str]:
+    """The data arguments as a list: one source, or several.
 
-    ``data`` is a folder (format detected from its files), a CSV (NIH, CheXpert, or one with
-    ``path``/``label`` columns), a data YAML naming format and columns, or ``synthetic`` for
-    phantoms generated on the fly. ``config`` overrides what the YAML says.
+    >>> data_sources("a"), data_sources(["a", "b"])
+    (['a'], ['a', 'b'])
+    """
+    if data is None or data == "" or (not isinstance(data, str | Path) and not len(data)):
+        return []
+    return [str(data)] if isinstance(data, str | Path) else [str(d) for d in data]
+
+
+def data_label(data: DataArg) -> str | list[str]:
+    """The data arguments as metadata and JSON hold them: one source a string, several a list."""
+    items = data_sources(data)
+    return items[0] if len(items) == 1 else items
+
+
+def absolute_sources(data: DataArg) -> str | list[str]:
+    """:func:`data_label` with existing paths made absolute (a run resumed elsewhere finds its
+    data again)."""
+    return data_label([os.path.abspath(d) if Path(d).exists() else d for d in data_sources(data)])
+
+
+def load_records(data: DataArg, config: DataConfig | None = None) -> Records:
+    """Read one data source, or several as one table, into a :class:`Records` table.
+
+    ``data`` is a folder (format detected from its files, or read by the ``data.yaml`` in it),
+    a CSV (NIH, CheXpert, or one with ``path``/``label`` columns), a data YAML naming format and
+    columns, ``synthetic`` for phantoms generated on the fly, or a list of these. ``config``
+    overrides what each YAML says.
 
     >>> load_records("data.yaml").positives                           # doctest: +SKIP
     93
+    >>> both = load_records(["nih-cxr-cardiomegaly", "nih-cxr-other-findings"])  # doctest: +SKIP
+    >>> len(both.overlap())                                           # doctest: +SKIP
+    22
     """
+    items = data_sources(data)
+    if not items:
+        raise DataError("no data: give a data folder, CSV, data YAML or 'synthetic'")
+    parts = [_load_one(item, config) for item in items]
+    return parts[0] if len(parts) == 1 else combine(parts)
+
+
+def combine(parts: Sequence[Records]) -> Records:
+    """Several sources as one table. Patient ids are prefixed by the dataset for formats whose
+    ids are global (:data:`GLOBAL_PATIENT_IDS`: the same NIH patient in two folders is one
+    patient) and by the source otherwise (patient 7 of two hospitals is two patients)."""
+    names = _unique([p.sources[0] for p in parts])
+    tables, excluded, missing, notes = [], Counter(), [], []
+    for part, name in zip(parts, names, strict=True):
+        table = part.table.assign(source=name)
+        space = part.format if part.format in GLOBAL_PATIENT_IDS else name
+        table["patient"] = space + ":" + table["patient"]
+        tables.append(table)
+        excluded.update({f"{name}: {reason}": n for reason, n in part.excluded.items()})
+        missing += part.missing
+        notes += [f"{name}: {note}" for note in part.notes]
+    table = pd.concat(tables, ignore_index=True)
+    table[list(TEXT_COLUMNS)] = table[list(TEXT_COLUMNS)].fillna("")
+    duplicated = table["path"].duplicated(keep="first")
+    if duplicated.any():
+        excluded["the same image file in two sources (kept in the first)"] += int(duplicated.sum())
+        table = table[~duplicated].reset_index(drop=True)
+    formats = list(dict.fromkeys(p.format for p in parts))
+    root = Path(os.path.commonpath([str(p.root) for p in parts]))
+    return Records(table, "+".join(formats), root, +excluded, missing, notes, names)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Names made unique by a suffix: ``a``, ``a#2``."""
+    out: list[str] = []
+    for name in names:
+        candidate, k = name, 1
+        while candidate in out:
+            k += 1
+            candidate = f"{name}#{k}"
+        out.append(candidate)
+    return out
+
+
+def _source_name(path: Path, data: str | Path) -> str:
+    if not path.exists():
+        return str(data)  # synthetic
+    full = Path(os.path.abspath(path))
+    return full.name if full.is_dir() else f"{full.parent.name}/{full.name}"
+
+
+def _load_one(data: str | Path, config: DataConfig | None) -> Records:
     path = Path(data).expanduser()
+    name = _source_name(path, data)
+    if path.is_dir() and (path / FOLDER_YAML).is_file():
+        path = path / FOLDER_YAML
     cfg = config or DataConfig()
     root = path if path.is_dir() else path.parent
     if not path.exists():
@@ -111,7 +216,9 @@ def load_records(data: str | Path, config: DataConfig | None = None) -> Records:
     if not os.access(root, os.R_OK):
         raise DataError(f"{root}: folder is not readable")
     table, excluded, notes = sources.READERS[cfg.format](root, cfg)
-    return _finish(Records(table, cfg.format, root, excluded, [], notes), cfg)
+    records = _finish(Records(table, cfg.format, root, excluded, [], notes), cfg)
+    records.table["source"] = name
+    return replace(records, sources=[name])
 
 
 def _merge(base: DataConfig, override: DataConfig | None) -> DataConfig:
@@ -188,7 +295,7 @@ def _finish(records: Records, cfg: DataConfig) -> Records:
     table["path"] = table["path"].map(os.path.abspath)
     for column in RECORD_COLUMNS:
         if column not in table.columns:
-            table[column] = "" if column in ("view", "sex", "source_row") else np.nan
+            table[column] = "" if column in TEXT_COLUMNS else np.nan
     table["label"] = table["label"].astype(int)
     table["patient"] = table["patient"].astype(str)
     excluded = Counter(records.excluded)

@@ -166,7 +166,10 @@ def _operating_points(metrics: dict[str, Any]) -> str:
             + [_with_ci(op[k]) for k in keys]
             + [f"{c['tp']} / {c['fp']} / {c['tn']} / {c['fn']}"]
         )
-    return "<h2>Operating points (thresholds chosen on validation)</h2>" + table(header, rows)
+    chosen = metrics.get("threshold_chosen_on") or "validation split"
+    return f"<h2>Operating points (thresholds chosen on the {esc(chosen)})</h2>" + table(
+        header, rows
+    )
 
 
 def _calibration(metrics: dict[str, Any]) -> str:

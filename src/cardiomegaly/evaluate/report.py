@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from .metrics import (
 log = logging.getLogger(__name__)
 
 MIN_SUBGROUP_POSITIVES = 10
+#: The subgroup of all positives against one kind of negative.
+BY_KIND = "positives vs"
 FIGURES = {
     "roc.png": "ROC curve",
     "pr.png": "precision-recall curve",
@@ -144,7 +147,7 @@ def assess(
 
 def _subgroups(scored: pd.DataFrame, n_boot: int, seed: int, warnings: list[str]) -> dict:
     groups: dict[str, dict[str, np.ndarray]] = {}
-    for column in ("view", "sex"):
+    for column in ("source", "view", "sex"):
         if column in scored:
             values = scored[column].fillna("").astype(str)
             names = sorted(v for v in values.unique() if v)
@@ -157,6 +160,9 @@ def _subgroups(scored: pd.DataFrame, n_boot: int, seed: int, warnings: list[str]
             "40-65": age.between(40, 65).to_numpy(),
             ">65": (age > 65).to_numpy(),
         }
+    kinds = _negative_kinds(scored)
+    if len(kinds) > 1:
+        groups[BY_KIND] = kinds
     out: dict[str, dict] = {}
     small: list[str] = []
     for column, masks in groups.items():
@@ -189,6 +195,19 @@ def _subgroups(scored: pd.DataFrame, n_boot: int, seed: int, warnings: list[str]
     return out
 
 
+def _negative_kinds(scored: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every positive with the negatives of one kind ("no finding negatives": healthy films;
+    "other findings negatives": films sick for another reason). A model that learnt what sets
+    the healthy films apart (their era, their markers) rather than the heart scores well
+    against the first and not the second: a gap between them shows the shortcut."""
+    if "negative_kind" not in scored:
+        return {}
+    kind = scored["negative_kind"].fillna("").astype(str)
+    positive = (scored["label"] == 1).to_numpy()
+    names = sorted(k for k in kind[scored["label"] == 0].unique() if k)
+    return {f"{k} negatives": positive | (kind == k).to_numpy() for k in names}
+
+
 def _json_safe(value: Any) -> Any:
     """NaN and infinities become null; numpy scalars become Python numbers."""
     if isinstance(value, dict):
@@ -211,16 +230,19 @@ def write_report(
     n_boot: int = 2000,
     seed: int = 0,
     training_curves: str | Path | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Assess ``scored`` and write metrics.json, predictions.csv, the figures and report.html.
 
     ``context`` says what was evaluated: model path, data, split and its description, skipped
-    records. Returns the metrics (as in metrics.json).
+    records. ``warnings`` come first among the report's warnings. Returns the metrics (as in
+    metrics.json).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     thresholds = model_thresholds(meta)
     result = assess(scored, thresholds, n_boot=n_boot, seed=seed)
+    result.metrics["warnings"] = [*warnings, *result.metrics["warnings"]]
     metrics = {
         **context,
         "threshold_rule": meta["threshold"]["rule"],
@@ -268,7 +290,8 @@ def write_report(
 
 
 def _write_predictions(path: Path, scored: pd.DataFrame, threshold: float) -> None:
-    columns = [c for c in ("path", "patient", "view", "sex", "age") if c in scored]
+    wanted = ("path", "patient", "source", "view", "sex", "age", "negative_kind", "fold")
+    columns = [c for c in wanted if c in scored]
     with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow([*columns, "label", "probability", "prediction"])

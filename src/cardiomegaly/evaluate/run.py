@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from ..artifacts import probabilities
-from ..data.cache import ImageCache
+from ..data.cache import ImageCache, count_seen
 from ..data.dataset import XrayDataset
+from ..data.records import DataArg, data_label
 from ..data.split import select_records
 from ..errors import UserError
 from ..fileio import atomic_open, atomic_write_text, fresh_folder, next_run_folder
@@ -42,7 +43,7 @@ class EvalResult:
 
 def evaluate(
     model: str | Path,
-    data: str | Path,
+    data: DataArg,
     split: str = "test",
     out: str | Path | None = None,
     *,
@@ -69,6 +70,7 @@ def evaluate(
         n_boot=n_boot,
         seed=seed,
         training_curves=curves if curves.is_file() else None,
+        warnings=[w for w in [_seen_warning(context["seen_by_model"], len(scored))] if w],
     )
     return EvalResult(folder, metrics)
 
@@ -76,7 +78,7 @@ def evaluate(
 def compare(
     model_a: str | Path,
     model_b: str | Path,
-    data: str | Path,
+    data: DataArg,
     split: str = "test",
     out: str | Path | None = None,
     *,
@@ -177,13 +179,26 @@ def _scored_records(model, meta, data, split, batch_size, device, cache_dir, onl
     scored = table.assign(probability=probabilities(logits, meta))
     context = {
         "model": str(model),
-        "data": str(data),
+        "data": data_label(data),
         "format": records.format,
         "split": split,
         "split_description": description,
         "skipped": [{"path": p, "reason": r} for p, r in bad],
+        "seen_by_model": count_seen(meta, cache.fingerprints(table["path"])),
     }
     return scored, context
+
+
+def _seen_warning(seen: int | None, films: int) -> str:
+    """The contamination guard's sentence: how many of the scored films the model learnt from
+    (same pixels, whatever their names), or that its file cannot say."""
+    if seen is None:
+        return ("the model file records no fingerprints of its training films (written by an "
+                "older version), so whether it has seen these films cannot be checked")  # fmt: skip
+    if seen == 0:
+        return ""
+    return (f"the model was trained or tuned on {seen} of these {films} films (the same "
+            "pixels, whatever the file names): these numbers are optimistic")  # fmt: skip
 
 
 def _split_source(meta: dict[str, Any]) -> tuple:

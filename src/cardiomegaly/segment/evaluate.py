@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.cache import ImageCache
+from ..data.records import DataArg, data_label
 from ..data.sources.masks import mask_columns
 from ..data.split import select_records
 from ..evaluate import plots
@@ -47,7 +48,7 @@ CAPTIONS = {
 
 def evaluate_segmenter(
     model: str | Path,
-    data: str | Path,
+    data: DataArg,
     split: str = "test",
     out: str | Path | None = None,
     *,
@@ -66,7 +67,7 @@ def evaluate_segmenter(
     frame = _measure(measurer, table, batch_size, cache_dir)
     context = {
         "model": str(model),
-        "data": str(data),
+        "data": data_label(data),
         "split": split,
         "split_description": description,
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from ..config import TrainConfig, save_yaml
 from ..data.cache import ImageCache
-from ..data.records import load_records
+from ..data.records import absolute_sources, load_records
 from ..data.sources.masks import mask_columns
 from ..data.split import patient_split, save_splits
 from ..errors import UserError
@@ -96,8 +95,8 @@ def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> Segme
     np.random.seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     run_dir = Path(resume) if resume else run_folder(out, ddp)
-    if Path(cfg.data).exists():
-        cfg = dataclasses.replace(cfg, data=os.path.abspath(cfg.data))
+    # Absolute paths: a resume from another folder finds the data again.
+    cfg = dataclasses.replace(cfg, data=absolute_sources(cfg.data))
     preprocessing = segment_preprocessing(cfg.image_size, cfg.resize)  # a bad size fails now
     model = build_segmenter(cfg.arch, cfg.width)
     state = RunState(weights=_load_weights(model, cfg.weights) if not resume else {})
@@ -302,7 +301,7 @@ def _metadata(cfg, data_format, tables, state, preprocessing) -> dict[str, Any]:
     return {
         "preprocessing": preprocessing,
         "training": {
-            "data": str(cfg.data),
+            "data": cfg.data,
             "format": data_format,
             "split": split,
             "split_seed": cfg.split.seed,

@@ -147,7 +147,11 @@ def create_app(
             "label": prediction.label,
             "class": prediction.class_name,
             "threshold": prediction.threshold,
-            "model": {"name": card["name"], "version": card["version"]},
+            "model": {
+                "name": card["name"],
+                "version": card["version"],
+                "threshold_chosen_on": card["threshold"]["chosen_on"] or "validation split",
+            },
             "inference_ms": round((time.perf_counter() - start) * 1000, 1),
         }
         if overlay is not None:

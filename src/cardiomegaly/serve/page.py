@@ -67,7 +67,8 @@ async function send(file) {
   document.getElementById("fill").style.width = (100 * p).toFixed(1) + "%";
   document.getElementById("mark").style.left = (100 * t).toFixed(1) + "%";
   document.getElementById("numbers").textContent = "threshold " + t.toFixed(3) +
-    " (chosen on validation) \\u00b7 " + body.model.name + " \\u00b7 " + body.inference_ms + " ms";
+    " (chosen on the " + body.model.threshold_chosen_on + ") \\u00b7 " + body.model.name +
+    " \\u00b7 " + body.inference_ms + " ms";
   document.getElementById("overlay").src = "data:image/png;base64," + body.cam_png_base64;
   const ctr = document.getElementById("ctr"), drawing = document.getElementById("ctr-overlay");
   ctr.textContent = ""; drawing.style.display = "none";

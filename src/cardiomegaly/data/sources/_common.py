@@ -110,6 +110,18 @@ def _chexpert_labels(
     return label
 
 
+def _negative_kind(label: pd.Series, no_finding: pd.Series | None) -> pd.Series:
+    """For each negative, "no finding" (the film is labelled healthy) or "other findings" (it
+    is sick for another reason); "" for positives and where the source cannot say."""
+    kind = pd.Series("", index=label.index)
+    if no_finding is None:
+        return kind
+    negative = label == 0
+    kind[negative & no_finding] = "no finding"
+    kind[negative & ~no_finding] = "other findings"
+    return kind
+
+
 def _rows(path: Path, df: pd.DataFrame) -> pd.Series:
     """'file:line' for each row (line 1 is the header)."""
     return pd.Series([f"{path.name}:{i + 2}" for i in range(len(df))], index=df.index)

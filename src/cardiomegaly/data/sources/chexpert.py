@@ -18,6 +18,7 @@ from ._common import (
     _chexpert_labels,
     _drop_unlabelled,
     _flag,
+    _negative_kind,
     _read_csv,
     _require,
     _rows,
@@ -50,8 +51,8 @@ def read_chexpert(root: Path, cfg: DataConfig) -> Result:
                 "view": df.get("AP/PA", pd.Series("", index=df.index)).str.upper().str.strip(),
                 "sex": _sex(df["Sex"]) if "Sex" in df.columns else "",
                 "age": _age(df["Age"]) if "Age" in df.columns else np.nan,
-                "source": "chexpert",
                 "source_row": _rows(csv, df),
+                "negative_kind": _negative_kind(label, nf == 1 if nf is not None else None),
             }
         )
         no_patient = table["patient"] == ""

@@ -16,6 +16,7 @@ from ._common import (
     _chexpert_labels,
     _drop_unlabelled,
     _flag,
+    _negative_kind,
     _read_csv,
     _require,
 )
@@ -72,9 +73,9 @@ def read_mimic(root: Path, cfg: DataConfig) -> Result:
             "label": label,
             "patient": joined["subject_id"].str.strip(),
             "view": joined["ViewPosition"],
-            "source": "mimic",
             "source_row": [f"{meta_csv.name}:dicom {d}" for d in joined["dicom_id"]],
             "study": joined["study_id"],
+            "negative_kind": _negative_kind(label, nf == 1 if nf is not None else None),
         }
     )
     split_csv = table_file("split", required=False)

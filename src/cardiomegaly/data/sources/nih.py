@@ -18,6 +18,7 @@ from ._common import (
     Result,
     _age,
     _drop_unlabelled,
+    _negative_kind,
     _read_csv,
     _require,
     _rows,
@@ -71,9 +72,9 @@ def read_nih(root: Path, cfg: DataConfig) -> Result:
             "view": df.get("View Position", pd.Series("", index=df.index)).str.upper().str.strip(),
             "sex": _sex(df[sex_column]) if sex_column in df.columns else "",
             "age": _age(df["Patient Age"]) if "Patient Age" in df.columns else np.nan,
-            "source": "nih",
             "source_row": _rows(csv, df),
             "image_id": df["Image Index"].str.strip(),
+            "negative_kind": _negative_kind(label, findings.map(lambda s: s == {NO_FINDING})),
         }
     )
     bbox_csv = root / (cfg.bbox_csv or "BBox_List_2017.csv")

@@ -1,0 +1,116 @@
+"""Recipes for few films without pretrained weights, ranked by pooled out-of-fold AUROC.
+
+Not a test: a measurement (tens of minutes per candidate on 2 cores). Each candidate trains with
+``--folds K`` on every ``--data`` source together (both NIH folders: No Finding negatives of an
+earlier era, and same-era negatives with other findings), and is judged on the pooled
+out-of-fold predictions: AUROC with its patient-bootstrap interval, overall and by kind of
+negative, never on one test split. Optionally each candidate's out-of-fold probability is also
+merged with a cardiothoracic ratio (``--ctr CSV``, from ``cardiomegaly measure``) by averaging
+their ranks within each view (no fitted parameter).
+
+    python benchmarks/recipes_nih.py --data ../shared/data/nih-cxr-cardiomegaly \\
+        --data ../shared/data/nih-cxr-other-findings --candidates resnet18-128 inception-128 \\
+        --folds 5 --out runs/bench/recipes --ctr runs/bench/ctr.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from cardiomegaly import TrainConfig, train
+from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_interval
+
+#: name -> TrainConfig overrides, all from scratch (weights none).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "inception-299": {"arch": "inception_v3", "image_size": 299, "epochs": 30, "batch_size": 32},
+    "inception-128": {"arch": "inception_v3", "image_size": 128, "epochs": 16, "batch_size": 32},
+    "resnet18-128": {"arch": "resnet18", "image_size": 128, "epochs": 20, "batch_size": 32,
+                     "lr": 1e-3},
+    "resnet18-224": {"arch": "resnet18", "image_size": 224, "epochs": 20, "batch_size": 32,
+                     "lr": 1e-3},
+    "resnet18-128-strong-aug": {
+        "arch": "resnet18", "image_size": 128, "epochs": 30, "batch_size": 32, "lr": 1e-3,
+        "augment": {"rotation": 15, "translate": 0.1, "scale": [0.8, 1.2], "brightness": 0.3,
+                    "contrast": 0.3, "gamma": 0.3},
+    },
+    "densenet121-128": {"arch": "densenet121", "image_size": 128, "epochs": 16, "batch_size": 32},
+}  # fmt: skip
+
+
+def _auroc_ci(frame: pd.DataFrame, score: str, n_boot: int = 2000) -> dict[str, Any]:
+    y = frame["label"].to_numpy()
+    s = frame[score].to_numpy()
+    if y.min() == y.max():
+        return {"value": None, "ci95": None, "films": len(y)}
+    boot = patient_bootstrap(y, s, frame["patient"].astype(str).to_numpy(), n=n_boot, seed=0)
+    return {"value": auroc(y, s), "ci95": percentile_interval(boot.auroc), "films": len(y),
+            "positives": int(y.sum())}  # fmt: skip
+
+
+def _by_kind(frame: pd.DataFrame, score: str) -> dict[str, Any]:
+    out = {"all": _auroc_ci(frame, score)}
+    for kind in ("no finding", "other findings"):
+        part = frame[(frame["label"] == 1) | (frame["negative_kind"] == kind)]
+        out[f"vs {kind}"] = _auroc_ci(part, score)
+        for view in ("PA", "AP"):
+            out[f"vs {kind}, {view}"] = _auroc_ci(part[part["view"] == view], score)
+    return out
+
+
+def _rank_within_view(frame: pd.DataFrame, column: str) -> pd.Series:
+    return frame.groupby("view")[column].rank(pct=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", action="append", required=True)
+    parser.add_argument("--candidates", nargs="+", default=["resnet18-128"], choices=CANDIDATES)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--ctr", help="a measure CSV (path, ctr) of the same films")
+    parser.add_argument("--out", default="runs/bench/recipes")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.setdefault("machine", f"{platform.machine()}, {torch.get_num_threads()} threads")
+    summary["torch"] = torch.__version__
+    summary["data"] = args.data
+    ctr = pd.read_csv(args.ctr)[["path", "ctr"]] if args.ctr else None
+    for name in args.candidates:
+        run = out / name
+        start = time.perf_counter()
+        config = TrainConfig.from_preset(None, data=args.data, weights="none", folds=args.folds,
+                                         export_onnx=False, **CANDIDATES[name])  # fmt: skip
+        train(config, out=None if run.exists() else run, resume=run if run.exists() else None)
+        minutes = (time.perf_counter() - start) / 60
+        oof = pd.read_csv(run / "oof" / "predictions.csv", keep_default_na=False,
+                          dtype={"patient": str})  # fmt: skip
+        entry = {"config": CANDIDATES[name], "minutes": round(minutes, 1),
+                 "classifier": _by_kind(oof, "probability")}  # fmt: skip
+        if ctr is not None:
+            both = oof.merge(ctr, on="path", how="inner")
+            both = both[pd.to_numeric(both["ctr"], errors="coerce").notna()].copy()
+            both["ctr"] = both["ctr"].astype(float)
+            both["merged"] = (_rank_within_view(both, "probability")
+                              + _rank_within_view(both, "ctr")) / 2  # fmt: skip
+            entry["ratio_alone"] = _by_kind(both, "ctr")
+            entry["classifier_on_measured"] = _by_kind(both, "probability")
+            entry["classifier_plus_ratio"] = _by_kind(both, "merged")
+        summary.setdefault("candidates", {})[name] = entry
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps({name: entry}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""``cardiomegaly train --folds K``: K-fold patient-wise cross-validation and its ensemble.
+
+Patients are dealt to K folds (per source, stratified by label). Fold k's run is a plain
+training run in ``fold{k}/`` with fold k as its test split and the other patients split into
+training and validation (early stopping, threshold). Every film is then scored exactly once, by
+the model that never saw its patient: the out-of-fold predictions, pooled into one evaluation
+with patient-bootstrap intervals (``oof/``). The K models become one ensemble model file (the
+mean of their probabilities), with its threshold chosen on the pooled out-of-fold predictions.
+
+    run/
+      config.yaml  folds.csv  model.safetensors  model.onnx
+      oof/         metrics.json  predictions.csv  report.html  figures
+      fold0/ ... fold{K-1}/   plain run folders (resumable one by one)
+
+>>> result = train(TrainConfig(data="synthetic", folds=5, weights="none"))  # doctest: +SKIP
+>>> result.oof["auroc"]["ci95"]                                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .config import THRESHOLD_RULES, TrainConfig, save_yaml
+from .data.cache import seen_metadata
+from .data.records import Records, absolute_sources, load_records
+from .data.split import fold_split, patient_folds, save_splits
+from .errors import UserError
+from .evaluate.metrics import choose_threshold, operating_point
+from .evaluate.report import write_report
+from .export import export_beside
+from .fileio import atomic_open
+from .model import Ensemble, load_model, read_metadata, save_model
+from .runs import Dist, barrier, check_writable, run_folder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CVResult:
+    """Where the cross-validation went: the fold runs, the pooled out-of-fold evaluation (what
+    oof/metrics.json holds) and the ensemble model file."""
+
+    run_dir: Path
+    folds: list[Any]  # each fold's TrainResult
+    oof: dict[str, Any]
+
+    @property
+    def model(self) -> Path:
+        return self.run_dir / "model.safetensors"
+
+
+def train_folds(
+    cfg: TrainConfig, ddp: Dist, out, resume, *, train_one: Callable[..., Any]
+) -> CVResult:
+    """Train ``cfg.folds`` models with ``train_one`` (the plain training loop), pool their
+    out-of-fold predictions, and write the ensemble. A resumed run skips finished folds and
+    resumes the interrupted one."""
+    run_dir = Path(resume) if resume else run_folder(out, ddp)
+    cfg = dataclasses.replace(cfg, data=absolute_sources(cfg.data))
+    records = load_records(cfg.data, cfg.data_config)
+    folds = patient_folds(records, cfg.folds, cfg.split.seed)
+    if ddp.main:
+        check_writable(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            save_yaml(cfg, run_dir / "config.yaml")
+        _save_folds(records, folds, run_dir / "folds.csv")
+    results = []
+    for k in range(cfg.folds):
+        fold_dir = run_dir / f"fold{k}"
+        if _finished(fold_dir):
+            log.info("fold %d/%d: finished earlier (%s)", k + 1, cfg.folds, fold_dir)
+            results.append(None)
+            continue
+        if ddp.main and not (fold_dir / "splits.csv").is_file():
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            save_splits(records, fold_split(records, folds, k, cfg.split), fold_dir / "splits.csv")
+        barrier(ddp)
+        log.info("fold %d/%d: %s", k + 1, cfg.folds, fold_dir)
+        # The members need no ONNX export of their own: the ensemble gets one.
+        member_cfg = dataclasses.replace(cfg, folds=1, export_onnx=False)
+        results.append(train_one(member_cfg, ddp, None, fold_dir))
+    oof: dict[str, Any] = {}
+    if ddp.main:
+        oof = _pool(cfg, records, run_dir)
+    barrier(ddp)
+    return CVResult(run_dir, results, oof)
+
+
+def _finished(fold_dir: Path) -> bool:
+    """A fold whose best model has been evaluated on its test fold (training's last step)."""
+    model = fold_dir / "model.safetensors"
+    return model.is_file() and "evaluation" in read_metadata(model)
+
+
+def _save_folds(records: Records, folds: pd.Series, path: Path) -> None:
+    """folds.csv: each patient's fold, images and positive images."""
+    table = records.table.assign(fold=folds)
+    per = table.groupby("patient").agg(fold=("fold", "first"), images=("label", "size"),
+                                       positives=("label", "sum"))  # fmt: skip
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        per.reset_index().sort_values(["fold", "patient"]).to_csv(f, index=False)
+
+
+def _pool(cfg: TrainConfig, records: Records, run_dir: Path) -> dict[str, Any]:
+    """Out-of-fold predictions of every film, their evaluation, and the ensemble file."""
+    parts = []
+    for k in range(cfg.folds):
+        scored = pd.read_csv(run_dir / f"fold{k}" / "test" / "predictions.csv")
+        meta = read_metadata(run_dir / f"fold{k}" / "model.safetensors")
+        parts.append(scored[["path", "probability"]].assign(
+            fold=k, fold_threshold=float(meta["threshold"]["value"])))  # fmt: skip
+    pooled = pd.concat(parts, ignore_index=True)
+    twice = pooled["path"].duplicated(keep=False)
+    if twice.any():  # cannot happen with patient-wise folds; a broken run folder would do it
+        raise UserError(f"{run_dir}: {int(twice.sum())} films were scored by two folds")
+    scored = records.table.merge(pooled, on="path", how="inner", validate="one_to_one")
+    unscored = len(records) - len(scored)
+    y, p = scored["label"].to_numpy(), scored["probability"].to_numpy()
+    models = [run_dir / f"fold{k}" / "model.safetensors" for k in range(cfg.folds)]
+    metas = [read_metadata(m) for m in models]
+    temperatures = [float(m.get("calibration", {}).get("temperature", 1.0)) for m in metas]
+    ensemble = Ensemble([load_model(m)[0] for m in models], temperatures)
+    meta = _ensemble_metadata(cfg, records, metas, y, p)
+    meta["architecture"] = ensemble.describe()
+    decided = (p >= scored["fold_threshold"].to_numpy()).astype(float)
+    context = {
+        "model": str(run_dir / "model.safetensors"),
+        "data": cfg.data,
+        "format": records.format,
+        "split": "out-of-fold",
+        "split_description": (
+            f"out-of-fold: every film scored once, by the model of the one of {cfg.folds} "
+            f"patient-wise folds (seed {cfg.split.seed}) that held its patient out"
+        ),
+        "folds": cfg.folds,
+        "unscored": unscored,
+        "operating_point_at_fold_thresholds": {
+            "note": "each film at the threshold its own fold chose on validation: the honest "
+            "operating point of these predictions (the ensemble's threshold was chosen on them)",
+            **operating_point(y, decided, 0.5),
+        },
+    }
+    folder = run_dir / "oof"
+    metrics = write_report(folder, scored, meta, context)
+    auc = metrics["auroc"]
+    meta["evaluation"] = {"split": "out-of-fold", "images": metrics["images"],
+                          "positives": metrics["positives"], "auroc": auc["value"],
+                          "auroc_ci95": auc.get("ci95")}  # fmt: skip
+    save_model(run_dir / "model.safetensors", ensemble, meta)
+    ci = auc.get("ci95") or [np.nan, np.nan]
+    log.info("out-of-fold AUROC %.4f (95 %% CI %.3f to %.3f; %d films, %d positive, %d folds)",
+             auc["value"] or np.nan, *ci, len(y), int(y.sum()), cfg.folds)  # fmt: skip
+    if cfg.export_onnx:
+        export_beside(run_dir / "model.safetensors")
+    return metrics
+
+
+def _ensemble_metadata(
+    cfg: TrainConfig, records: Records, metas: list[dict[str, Any]], y: np.ndarray, p: np.ndarray
+) -> dict[str, Any]:
+    first = metas[0]
+    return {
+        "preprocessing": first["preprocessing"],
+        "threshold": {
+            "value": choose_threshold(y, p, cfg.threshold_rule),
+            "rule": cfg.threshold_rule,
+            "chosen_on": f"pooled out-of-fold predictions of {cfg.folds} folds",
+            "operating_points": {r: choose_threshold(y, p, r) for r in THRESHOLD_RULES},
+        },
+        "training": {
+            "data": cfg.data,
+            "format": records.format,
+            "folds": cfg.folds,
+            "split_seed": cfg.split.seed,
+            "seed": cfg.seed,
+            "fold_val_auroc": [m["training"]["val_auroc"] for m in metas],
+            "fold_test_auroc": [m.get("evaluation", {}).get("auroc") for m in metas],
+            "fold_best_epoch": [m["training"]["best_epoch"] for m in metas],
+            "weights": first["training"]["weights"],
+            "preset": cfg.preset,
+            "config": dataclasses.asdict(cfg),
+        },
+        "versions": {"cardiomegaly": __version__, "torch": torch.__version__},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "intended_use": "research only; not a medical device",
+        "seen": seen_metadata(fp for m in metas for fp in m.get("seen", {}).get("films", [])),
+    }

@@ -1,0 +1,134 @@
+"""``train --folds K``: every patient in exactly one fold, every film scored exactly once by a
+model that never saw its patient, one pooled evaluation, and an ensemble model file that every
+consumer takes like any other."""
+
+from __future__ import annotations
+
+import fastapi.testclient as fastapi_testclient
+import numpy as np
+import pandas as pd
+import pytest
+
+from cardiomegaly import Classifier, UserError, load_records, train
+from cardiomegaly.cli import main
+from cardiomegaly.config import SplitConfig
+from cardiomegaly.data.split import fold_split, patient_folds
+from cardiomegaly.export import export
+from cardiomegaly.model import Ensemble, load_model, read_metadata
+from cardiomegaly.serve import create_app
+from makers import one_line_error, write_png, write_two_nih
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_every_patient_is_in_exactly_one_fold_and_folds_take_every_source(tmp_path, k):
+    records = load_records(list(write_two_nih(tmp_path, patients=30)))
+    folds = patient_folds(records, k, seed=1)
+    assert set(folds) == set(range(k))
+    assert (folds.groupby(records.table["patient"]).nunique() == 1).all()  # shared ones too
+    table = records.table.assign(fold=folds)
+    for (source, label), group in table.groupby(["source", "label"]):
+        counts = group["fold"].value_counts()
+        assert counts.max() - counts.min() <= max(2, len(group) // k // 2), (source, label)
+
+
+def test_a_fold_is_the_test_split_of_its_run_and_the_rest_train_and_validate(tmp_path):
+    records = load_records(list(write_two_nih(tmp_path, patients=30)))
+    folds = patient_folds(records, 3, seed=0)
+    for k in range(3):
+        split = fold_split(records, folds, k, SplitConfig())
+        assert ((split == "test") == (folds == k)).all()
+        assert set(split[folds != k]) == {"train", "val"}
+        assert (split.groupby(records.table["patient"]).nunique() == 1).all()
+
+
+def test_more_folds_than_patients_is_refused(tiny_phantoms):
+    records = load_records(tiny_phantoms)
+    with pytest.raises(UserError, match=f"only {records.patients} patients"):
+        patient_folds(records, 50)
+
+
+def test_every_film_is_scored_once_by_the_fold_that_never_saw_its_patient(cv_run, tiny_phantoms):
+    records = load_records(tiny_phantoms)
+    oof = pd.read_csv(cv_run / "oof" / "predictions.csv", dtype={"patient": str})
+    assert sorted(oof["path"]) == sorted(records.table["path"])  # all, each once
+    folds = pd.read_csv(cv_run / "folds.csv", dtype={"patient": str}).set_index("patient")
+    assert (
+        oof["fold"].to_numpy() == folds.loc[oof["patient"].astype(str), "fold"].to_numpy()
+    ).all()
+    for k in range(3):
+        splits = pd.read_csv(cv_run / f"fold{k}" / "splits.csv", dtype={"patient": str})
+        seen = set(splits.loc[splits["split"] != "test", "patient"])
+        assert not seen & set(oof.loc[oof["fold"] == k, "patient"].astype(str))
+        # The pooled probability is the fold model's own test prediction of that film.
+        own = pd.read_csv(cv_run / f"fold{k}" / "test" / "predictions.csv")
+        mine = oof[oof["fold"] == k].set_index("path").loc[own["path"], "probability"]
+        assert np.allclose(mine.to_numpy(), own["probability"].to_numpy(), atol=1e-6)
+
+
+def test_the_pooled_evaluation_has_an_interval_and_the_honest_operating_point(cv_run):
+    import json
+
+    metrics = json.loads((cv_run / "oof" / "metrics.json").read_text())
+    assert metrics["split"] == "out-of-fold" and metrics["images"] == 30
+    assert metrics["auroc"]["ci95"] is not None
+    assert "fold" in metrics["operating_point_at_fold_thresholds"]["note"]
+    assert "out-of-fold" in metrics["threshold_chosen_on"]
+    assert (cv_run / "oof" / "report.html").is_file()
+
+
+def test_the_ensemble_is_the_mean_of_its_members(cv_run, tiny_phantoms):
+    model, meta = load_model(cv_run / "model.safetensors")
+    assert isinstance(model, Ensemble) and meta["architecture"]["members"] == 3
+    assert "out-of-fold" in meta["threshold"]["chosen_on"]
+    films = sorted((tiny_phantoms / "images").glob("*.png"))[:4]
+    ensemble = Classifier.load(cv_run / "model.safetensors", backend="torch")
+    members = [Classifier.load(cv_run / f"fold{k}" / "model.safetensors", backend="torch")
+               for k in range(3)]  # fmt: skip
+    for film in films:
+        expected = np.mean([m.predict(film).probability for m in members])
+        assert ensemble.predict(film).probability == pytest.approx(expected, abs=1e-5)
+    # ONNX (training exported it, parity checked) gives the same answer.
+    onnx = Classifier.load(cv_run / "model.safetensors")
+    assert onnx.backend == "onnx"
+    assert onnx.predict(films[0]).probability == pytest.approx(
+        ensemble.predict(films[0]).probability, abs=1e-4
+    )
+
+
+def test_the_ensemble_goes_through_predict_export_explain_and_serve(cv_run, tmp_path, capsys):
+    film = write_png(tmp_path / "film.png", h=80, w=80)
+    assert main(["predict", str(cv_run / "model.safetensors"), str(film), "--out",
+                 str(tmp_path / "p.csv"), "--cam", str(tmp_path / "cam")]) == 0  # fmt: skip
+    assert "chosen on pooled out-of-fold predictions of 3 folds" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "p.csv")["error"].isna().all()
+    assert (tmp_path / "cam" / "film.png").is_file()
+    scripted = export(cv_run / "model.safetensors", "torchscript", tmp_path / "m.pt")
+    assert scripted.max_probability_difference < 1e-4
+    with fastapi_testclient.TestClient(create_app(cv_run / "model.safetensors")) as client:
+        response = client.post("/v1/predict", files={"file": ("f.png", film.read_bytes())})
+        assert response.status_code == 200
+        assert "out-of-fold" in response.json()["model"]["threshold_chosen_on"]
+
+
+def test_an_ensemble_has_no_test_split_of_its_own_data(cv_run, tiny_phantoms, capsys):
+    code = main(["evaluate", str(cv_run / "model.safetensors"), "--data", str(tiny_phantoms)])
+    assert code == 2
+    one_line_error(capsys.readouterr().err, "cross-validation folds", "oof", "--split all")
+
+
+def test_a_resumed_cross_validation_skips_finished_folds(cv_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cv_run, run)
+    before = {k: (run / f"fold{k}" / "model.safetensors").stat().st_mtime_ns for k in range(3)}
+    shutil.rmtree(run / "fold2")  # killed during the last fold
+    (run / "model.safetensors").unlink()
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace("export_onnx: true", "export_onnx: false"))
+    result = train(resume=run)
+    assert len(result.folds) == 3 and result.folds[0] is None and result.folds[1] is None
+    for k in range(2):
+        assert (run / f"fold{k}" / "model.safetensors").stat().st_mtime_ns == before[k]
+    assert read_metadata(run / "fold2" / "model.safetensors")["evaluation"]["split"] == "test"
+    assert read_metadata(run / "model.safetensors")["architecture"]["members"] == 3

@@ -67,8 +67,9 @@ def test_a_run_folder_holds_everything_listed(phantoms, tmp_path):
     assert (saved.groupby("patient")["split"].nunique() == 1).all()
 
 
-def test_resume_after_a_kill_ends_with_the_same_weights(phantoms, tmp_path, monkeypatch):
-    config = tiny(phantoms, epochs=3)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_a_kill_ends_with_the_same_weights(phantoms, tmp_path, monkeypatch, ema):
+    config = tiny(phantoms, epochs=3, ema=ema)
     train_module.train(config, out=tmp_path / "straight")
 
     real_save = train_module._save_last
@@ -91,9 +92,25 @@ def test_resume_after_a_kill_ends_with_the_same_weights(phantoms, tmp_path, monk
     assert a["state"]["epoch"] == b["state"]["epoch"] == 3
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
+    assert ("ema" in a) == bool(ema)
+    for key, tensor in a.get("ema", {}).items():  # the weight average resumes too
+        assert torch.equal(tensor, b["ema"][key]), key
     assert pd.read_csv(tmp_path / "straight" / "history.csv")[["train_loss", "val_auroc"]].equals(
         pd.read_csv(tmp_path / "killed" / "history.csv")[["train_loss", "val_auroc"]]
     )
+
+
+def test_with_ema_the_model_file_holds_the_average_of_the_weights(phantoms, tmp_path):
+    from safetensors.torch import load_file
+
+    train_module.train(tiny(phantoms, epochs=1, batch_size=4, ema=0.5), out=tmp_path / "run")
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    average = {k.removeprefix("module.net."): v for k, v in last["ema"].items()
+               if k.startswith("module.net.")}  # fmt: skip
+    assert set(saved) == set(average)
+    assert all(torch.equal(saved[k], average[k]) for k in saved)
+    assert any(not torch.equal(saved[k], last["model"][k]) for k in saved)  # not the raw ones
 
 
 def _free_port() -> int:

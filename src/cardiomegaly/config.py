@@ -215,6 +215,8 @@ class TrainConfig:
         8, "early stopping on validation AUROC after this many epochs (8)", kind="positive"
     )
     dropout: float = _opt(0.5, "dropout before the output layer (0.5)")
+    ema: float = _opt(0.0, "average of the weights over the steps, this decay per step (0: off; "
+                      "0.99: about the last 100 steps); validated, saved and resumed")  # fmt: skip
     aux_logits: bool = _opt(False, "InceptionV3's auxiliary classifier, loss weight 0.4 (299 px)")
     balanced_sampler: bool = _opt(False, "balanced batches instead of the loss weight")
     threshold_rule: str = _opt("youden", "youden (default), sens90, spec90 or fixed:X")
@@ -285,6 +287,10 @@ class TrainConfig:
                 "folds: cross-validation trains classifiers; for segmentation see "
                 "benchmarks/segment_jsrt.py"
             )
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be in [0, 1), not {self.ema}")
+        if self.ema and self.task != "classify":
+            raise ConfigError("ema: the weight average is for the classify task")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
 

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torchvision
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from . import __version__
@@ -126,6 +127,11 @@ class _Optim:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
+    ema: AveragedModel | None  # the moving average of the weights, when asked for
+
+    def judged(self, model: CardioNet) -> CardioNet:
+        """The weights that are validated and saved: the average when there is one."""
+        return model if self.ema is None else self.ema.module
 
 
 def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
@@ -182,6 +188,8 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
             opt.scaler.scale(loss).backward()
             opt.scaler.step(opt.optimizer)
             opt.scaler.update()
+            if opt.ema is not None:
+                opt.ema.update_parameters(model)
             total += loss.item() * len(y)
             logits_seen.append(logits.detach().float().cpu())
             labels_seen.append(y.cpu())
@@ -194,7 +202,7 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
         train_loss = gather_sum(ddp, total) / len(train_labels)
 
         # Validate.
-        val_logits = _score(model, data.val, cfg, ddp)
+        val_logits = _score(opt.judged(model), data.val, cfg, ddp)
         val_labels = torch.tensor(data.val.labels)
         val_loss = opt.criterion(val_logits.to(ddp.device), val_labels.to(ddp.device)).item()
         val_probs = torch.sigmoid(val_logits)
@@ -233,10 +241,10 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
             )
             if improved:
                 meta = _metadata(cfg, data, state, val_labels.numpy(), val_probs.numpy())
-                save_model(run_dir / "model.safetensors", model, meta)
+                save_model(run_dir / "model.safetensors", opt.judged(model), meta)
             _write_history(run_dir, state.history)
             _log_scalars(board, row)
-            _save_last(run_dir / "last.pt", model, opt.optimizer, opt.scheduler, state)
+            _save_last(run_dir / "last.pt", model, opt, state)
         barrier(ddp)
         if state.bad_epochs >= cfg.patience:
             if ddp.main:
@@ -320,7 +328,10 @@ def _optimisation(cfg: TrainConfig, model: CardioNet, data: _Data, ddp: Dist) ->
     # Loss scaling only for float16; bfloat16 (where the GPU has it) needs none.
     fp16 = ddp.device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
-    return _Optim(criterion, optimizer, _scheduler(cfg, optimizer), scaler)
+    ema = None
+    if cfg.ema:  # batch-norm statistics are averaged too (use_buffers)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    return _Optim(criterion, optimizer, _scheduler(cfg, optimizer), scaler, ema)
 
 
 def _resume(run_dir: Path, model: CardioNet, opt: _Optim, ddp: Dist) -> RunState:
@@ -328,6 +339,8 @@ def _resume(run_dir: Path, model: CardioNet, opt: _Optim, ddp: Dist) -> RunState
     model.net.load_state_dict(saved["model"])
     opt.optimizer.load_state_dict(saved["optimizer"])
     opt.scheduler.load_state_dict(saved["scheduler"])
+    if opt.ema is not None and "ema" in saved:
+        opt.ema.load_state_dict(saved["ema"])
     state = RunState.from_checkpoint(saved["state"])
     if ddp.main:
         log.info("resuming %s after epoch %d", run_dir, state.epoch)
@@ -518,14 +531,16 @@ def _metadata(
     }
 
 
-def _save_last(path: Path, model: CardioNet, optimizer, scheduler, state: RunState) -> None:
+def _save_last(path: Path, model: CardioNet, opt: _Optim, state: RunState) -> None:
     """Everything needed to resume, loadable with ``weights_only=True`` (no pickled objects)."""
     payload = {
         "model": model.net.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict(),
         "state": dataclasses.asdict(state),
     }
+    if opt.ema is not None:
+        payload["ema"] = opt.ema.state_dict()
     save_checkpoint(path, payload)
 
 

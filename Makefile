@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint fuzz chromium bench
+.PHONY: demo test lint fuzz debs bench
 
 $(BIN)/cardiomegaly: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(BIN)/cardiomegaly: pyproject.toml
 demo: $(BIN)/cardiomegaly
 	$(BIN)/cardiomegaly demo
 
-test: $(BIN)/cardiomegaly chromium
+test: $(BIN)/cardiomegaly debs
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
 
@@ -21,15 +21,19 @@ test: $(BIN)/cardiomegaly chromium
 fuzz: $(BIN)/cardiomegaly
 	$(BIN)/python -m pytest -m fuzz -q
 
-# The browser tests use Debian's Chromium. As root (CI) install it when missing; otherwise,
-# or when apt cannot, those tests skip and say why.
-chromium:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null 2>&1 && \
-	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1)) || \
-	    echo "chromium not installed: the browser tests will be skipped"; }
+# Debian packages some tests use: Chromium (the browser tests), dicom3tools (dciodvfy checks the
+# DICOM results) and Orthanc (the PACS of the end-to-end test). As root (CI) they are installed
+# when missing; otherwise, or when apt cannot, those tests skip and say why.
+debs:
+	@missing=""; \
+	 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$$missing chromium"; \
+	 command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	 command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	 [ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	   (DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && \
+	     DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1)) || \
+	   echo "not installed:$$missing; the tests that need them will be skipped"; }
 
 # Speed benchmarks (not tests; about 25 minutes on 2 cores): writes benchmarks/RESULTS.md. The
 # NIH sample, where present, adds predict and epochs on real JPEGs; MODEL=a model trained on it

@@ -42,6 +42,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
         "augment": {"rotation": 15, "translate": 0.1, "scale": [0.8, 1.2], "brightness": 0.3,
                     "contrast": 0.3, "gamma": 0.3},
     },
+    "resnet18-128-ema": {"arch": "resnet18", "image_size": 128, "epochs": 20, "batch_size": 32,
+                         "lr": 1e-3, "ema": 0.99},
     "densenet121-128": {"arch": "densenet121", "image_size": 128, "epochs": 16, "batch_size": 32},
 }  # fmt: skip
 

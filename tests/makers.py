@@ -370,6 +370,34 @@ def write_jpeg_broken_huffman(path: Path) -> Path:
     return path
 
 
+def write_study_film(
+    path: Path, modality: str = "CR", view: str = "PA", study_uid: str | None = None, **kw
+) -> Path:
+    """A film as a modality sends it to a PACS: :func:`write_dicom` plus the study, series and
+    equipment attributes (CR, or DX for presentation) and more planted identifiers (operator,
+    other patient ids) that results must not copy."""
+    import pydicom
+    from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
+
+    write_dicom(path, view=view, **kw)
+    ds = pydicom.dcmread(path)
+    if modality == "CR":
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    ds.Modality = modality
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "20260314", "101500", "S-1"
+    ds.ReferringPhysicianName = "Referrer^Secret"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.BodyPartExamined = "CHEST"
+    ds.PatientOrientation = ["L", "F"]
+    ds.Manufacturer = "Example Modality Co"
+    ds.OperatorsName = "Operator^Secret"
+    ds.OtherPatientIDs = "OTHER-ID-SECRET"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
 def write_dicom_wrong_syntax(path: Path) -> Path:
     """Raw pixel data in a file whose header declares RLE Lossless (compressed) encoding: the
     UIDs have the same length, so only the declaration changes."""

@@ -312,6 +312,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = find_images(args.paths)
     if not paths:
         raise UserError(f"no image files found in {' '.join(args.paths)}")
+    if args.dicom_out:
+        fresh_folder(args.dicom_out)  # new or empty: nothing of the user's is overwritten
     clf = Classifier.load(args.model, device=args.device, backend=args.backend)
     measurer = None
     if args.ctr_model:  # loaded before the long part, so that a wrong file fails at once
@@ -336,6 +338,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         fresh_folder(args.cam)
         overlays = write_overlays(cam_clf, predictions, args.cam, args.batch_size)
         print(f"grad-cam    {len(overlays)} overlays in {args.cam}")
+    if args.dicom_out and scored:
+        _write_dicom_results(args, clf, measurer, scored)
     positives = sum(p.label == 1 for p in scored)
     print(
         f"scored      {len(scored)} of {len(paths)} images; {positives} at or above the "
@@ -356,6 +360,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not scored:
         raise UserError("no image could be read; see the reasons above")
     return 0
+
+
+def _write_dicom_results(args: argparse.Namespace, clf, measurer, scored: list) -> None:
+    """predict --dicom-out: an SR and an overlay Secondary Capture for every scored DICOM film;
+    other files are said and skipped."""
+    from .errors import ImageError
+    from .pacs.results import ResultWriter
+
+    writer = ResultWriter(args.model, clf, measurer, args.device)
+    films, skipped = 0, []
+    for p in scored:
+        try:
+            writer.write(p.path, p, args.dicom_out)
+            films += 1
+        except ImageError as exc:
+            skipped.append(str(exc))
+    print(f"dicom       an SR and an overlay for each of {films} DICOM films in {args.dicom_out} "
+          "(their own studies, new series; UNVERIFIED)")  # fmt: skip
+    for reason in skipped[:20]:
+        print(f"no dicom    {reason}")
+    if len(skipped) > 20:
+        print(f"no dicom    ... and {len(skipped) - 20} more")
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -657,6 +683,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cam", metavar="DIR", help="also write Grad-CAM overlays into this new folder")
     p.add_argument("--ctr-model", metavar="SEGMODEL", help=CTR_MODEL_HELP)
+    p.add_argument(
+        "--dicom-out",
+        metavar="DIR",
+        help="for each DICOM film, a DICOM SR (TID 1500) and an overlay Secondary Capture in "
+        "its own study, written into this new folder",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("measure", help="the cardiothoracic ratio of films, from a segment model")

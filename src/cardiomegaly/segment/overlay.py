@@ -7,12 +7,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from .ctr import AP_NOTE, Diameter, Measurement
+from .ctr import Diameter, Measurement
 
 #: Outline colours: heart red, the patient's right lung (image left) cyan, left lung yellow.
 COLOURS = {"heart": (255, 70, 70), "right_lung": (60, 220, 255), "left_lung": (255, 220, 40)}
 DIAMETER = {"heart": (255, 70, 70), "thorax": (80, 255, 120)}
 BANNER = "RESEARCH USE ONLY - not for diagnosis"
+#: The AP caveat (ctr.AP_NOTE), in lines that fit the drawing.
+AP_LINES = "\nAP film: it magnifies the heart; a ratio over 0.5\nis not cardiomegaly by itself"
 
 
 def outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
@@ -51,7 +53,7 @@ def draw_measurement(
             f"{measurement.thorax_width_px} px)"
         )
         if view == "AP":
-            text += "\nAP film: " + AP_NOTE.split(": ", 1)[1]
+            text += AP_LINES
     else:
         text = f"no ratio: {measurement.quality.removeprefix('flagged: ')}"
     _label(draw, (8, 8), text, font)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,100 @@ def cv_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     train(tiny_train_config(tiny_phantoms, cache_dir=str(cache), epochs=1, folds=3,
                             export_onnx=True), out=run)  # fmt: skip
     return run
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (loopback)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class OrthancServer:
+    """A running Orthanc of the test's own, on loopback, with the node registered as modality
+    ``cardio``."""
+
+    http: int
+    dicom: int
+    aet: str
+    node_port: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http}{path}"
+
+    def get(self, path: str):
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.url(path), timeout=30) as response:
+            body = response.read()
+        return (
+            json.loads(body) if response.headers.get_content_type() == "application/json" else body
+        )
+
+    def post(self, path: str, data: bytes):
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(self.url(path), data=data, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"null")
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path):
+    """Debian's Orthanc, started with a configuration of this test's own (free ports, its own
+    storage; a system instance on 4242/8042 is left alone). Skipped where it is not installed."""
+    import json
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    if not os.access(exe, os.X_OK):
+        pytest.skip("Orthanc not installed (make test installs Debian's orthanc when run as root)")
+    server = OrthancServer(
+        http=free_port(), dicom=free_port(), aet="ORTHANC", node_port=free_port()
+    )
+    folder = tmp_path / "orthanc"
+    folder.mkdir()
+    config = {
+        "Name": "cardiomegaly-test",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "index"),
+        "HttpPort": server.http,
+        "DicomPort": server.dicom,
+        "DicomAet": server.aet,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowEcho": True,
+        "Plugins": [],
+        "DicomModalities": {"cardio": ["CARDIO", "127.0.0.1", server.node_port]},
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen([exe, str(folder / "orthanc.json")], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(server.url("/system"), timeout=1).read()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("Orthanc did not start: " + (folder / "orthanc.log").read_text())
+                time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

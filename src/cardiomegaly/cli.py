@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 import typing
@@ -430,6 +431,33 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_listen(args: argparse.Namespace) -> int:
+    import signal
+
+    from .pacs.node import Destination, Node, NodeConfig
+
+    config = NodeConfig(
+        aet=args.aet,
+        port=args.port,
+        dest=Destination.parse(args.dest),
+        spool=args.spool,
+        host=args.host,
+        allow=[a.strip() for a in args.allow.split(",") if a.strip()] if args.allow else [],
+    )
+    node = Node(args.model, config, ctr_model=args.ctr_model, device=args.device)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    node.start()
+    print(f"listening   {config.aet} on {config.host}:{config.port}; results to {args.dest}; "
+          f"spool {config.spool} (Ctrl-C stops; the spool keeps what is left)")  # fmt: skip
+    stopped.wait()
+    node.stop()
+    counted = ", ".join(f"{n} {what}" for what, n in node.counts.items())
+    print(f"stopped     {counted}; {node.spool.waiting()} results waiting to be sent")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain
 
@@ -701,6 +729,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("listen", help="a DICOM node: receives films, sends back an SR and overlay")
+    p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")
+    p.add_argument("--ctr-model", metavar="SEGMODEL", help=CTR_MODEL_HELP)
+    p.add_argument("--aet", default="CARDIO", help="this node's AE title (CARDIO)")
+    p.add_argument("--port", type=_positive_int, default=11112, help="DICOM port (11112)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine)")
+    p.add_argument("--dest", required=True, metavar="AET@HOST:PORT",
+                   help="where results are sent by C-STORE (the PACS)")  # fmt: skip
+    p.add_argument("--spool", required=True, metavar="DIR",
+                   help="where films and unsent results are kept (created if missing)")  # fmt: skip
+    p.add_argument("--allow", metavar="AET,...", help="refuse callers with other AE titles")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("explain", help="Grad-CAM overlays and localisation against heart boxes")
     p.add_argument("model", metavar="MODEL", help="a model file (model.safetensors)")

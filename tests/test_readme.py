@@ -15,7 +15,7 @@ from makers import write_dicom, write_png
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Long-running or never-ending commands: parsed here, run by the demo, training tests and CI.
-SLOW = {"train", "serve", "demo"}
+SLOW = {"train", "serve", "demo", "listen"}
 
 
 def _commands() -> list[str]:

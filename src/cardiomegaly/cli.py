@@ -449,8 +449,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.set())
     node.start()
-    print(f"listening   {config.aet} on {config.host}:{config.port}; results to {args.dest}; "
-          f"spool {config.spool} (Ctrl-C stops; the spool keeps what is left)")  # fmt: skip
+    print("Ctrl-C stops the node; the spool keeps what is not done for the next start")
     stopped.wait()
     node.stop()
     counted = ", ".join(f"{n} {what}" for what, n in node.counts.items())

@@ -17,7 +17,7 @@ from PIL import Image
 from pydicom.sr.codedict import codes
 from pydicom.uid import MRImageStorage
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 
 from cardiomegaly import Classifier
 from cardiomegaly.pacs.node import Destination, Node, NodeConfig
@@ -178,6 +178,31 @@ def test_a_corrupt_film_is_kept_aside_and_the_node_keeps_serving(pacs, tiny_run,
     failed = list((tmp_path / "spool" / "failed").glob("*.txt"))
     assert len(failed) == 1 and node.counts["failed"] == 1
     assert "pixel" in failed[0].read_text().lower() or "decode" in failed[0].read_text().lower()
+
+
+def test_compressed_films_are_received_in_the_syntax_they_come_in(pacs, tiny_run, seg_phantoms,
+                                                                  tmp_path):  # fmt: skip
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
+    node = _start_node(tiny_run / "model.safetensors", tmp_path, pacs.port)
+    try:
+        films = [_film(tmp_path / f"{name}.dcm", seg_phantoms, k, syntax=name)
+                 for k, name in enumerate(["rle", "jpeg2000"])]  # fmt: skip
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ComputedRadiographyImageStorage, [RLELossless])
+        ae.add_requested_context(ComputedRadiographyImageStorage, [JPEG2000Lossless])
+        assoc = ae.associate("127.0.0.1", node.config.port, ae_title="CARDIO")
+        assert assoc.is_established
+        try:
+            syntaxes = [pydicom.dcmread(f).file_meta.TransferSyntaxUID for f in films]
+            assert syntaxes == [RLELossless, JPEG2000Lossless]
+            assert [assoc.send_c_store(f).Status for f in films] == [0, 0]
+        finally:
+            assoc.release()
+        assert pacs.wait_for(4) == 4
+    finally:
+        node.stop()
+    assert node.counts["scored"] == 2 and node.counts["failed"] == 0
 
 
 def test_an_unknown_caller_is_refused(pacs, tiny_run, seg_phantoms, tmp_path):

@@ -141,6 +141,24 @@ def test_two_process_ddp_on_cpu(phantoms, tmp_path):
     assert result.stdout.count("test AUROC") == 1  # only rank 0 reports and writes
 
 
+def test_two_process_ddp_cross_validation_on_cpu(phantoms, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIOMEGALY_CACHE": str(tmp_path / "cache")}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        f"--master_port={_free_port()}", "--master_addr=127.0.0.1",
+        "-m", "cardiomegaly", "train", "--data", str(phantoms), "--weights", "none",
+        "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+        "--folds", "2", "--no-export-onnx", "--out", str(tmp_path / "cv"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    oof = pd.read_csv(tmp_path / "cv" / "oof" / "predictions.csv")
+    assert oof["path"].is_unique and len(oof) == 30 and set(oof["fold"]) == {0, 1}
+    assert result.stdout.count("out-of-fold AUROC") == 1  # rank 0 pools and reports
+    assert read_metadata(tmp_path / "cv" / "model.safetensors")["architecture"]["members"] == 2
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [

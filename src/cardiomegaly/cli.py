@@ -176,11 +176,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError("no data: give --data DATA (a folder, CSV, data YAML or synthetic)")
         result = train(config, out=args.out)
     if int(os.environ.get("RANK", "0")) == 0 and hasattr(result, "oof"):  # --folds K
-        auc = result.oof["auroc"]
         print(f"model       {result.model}  (ensemble of {len(result.folds)} fold models)")
         print(f"folds       {result.run_dir / 'fold0'} ... fold{len(result.folds) - 1}")
-        print(f"out-of-fold AUROC {_num(auc['value'])} (95 % CI {_ci(auc.get('ci95'))}; every "
-              f"film scored once by the fold model that never saw its patient)")  # fmt: skip
         for name, g in result.oof["subgroups"].get("positives vs", {}).items():
             print(f"  positives vs {name}: AUROC {_num(g['auroc'])} (95 % CI {_ci(g['ci95'])})")
         print(f"report      {result.run_dir / 'oof' / 'report.html'}")

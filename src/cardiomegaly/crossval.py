@@ -159,7 +159,8 @@ def _pool(cfg: TrainConfig, records: Records, run_dir: Path) -> dict[str, Any]:
                           "auroc_ci95": auc.get("ci95")}  # fmt: skip
     save_model(run_dir / "model.safetensors", ensemble, meta)
     ci = auc.get("ci95") or [np.nan, np.nan]
-    log.info("out-of-fold AUROC %.4f (95 %% CI %.3f to %.3f; %d films, %d positive, %d folds)",
+    log.info("out-of-fold AUROC %.4f (95 %% CI %.3f to %.3f; %d films, %d positive, %d folds; "
+             "every film scored once, by the fold model that never saw its patient)",
              auc["value"] or np.nan, *ci, len(y), int(y.sum()), cfg.folds)  # fmt: skip
     if cfg.export_onnx:
         export_beside(run_dir / "model.safetensors")

@@ -197,7 +197,13 @@ def _subgroups(metrics: dict[str, Any]) -> str:
     if not rows:
         return ""
     header = ["subgroup", "images", "patients", "positives", "AUROC (95 % CI)", "note"]
-    return "<h2>Subgroups</h2>" + table(header, rows)
+    note = ""
+    if "positives vs" in metrics.get("subgroups", {}):
+        note = ("<p class='note'>\"positives vs\": every positive film against the negatives of "
+                "one kind: healthy films (no finding), or films sick for another reason. A model "
+                "that tells the healthy films apart by their era, scanner or markers rather than "
+                "by the heart scores well on the first and not on the second.</p>")  # fmt: skip
+    return "<h2>Subgroups</h2>" + table(header, rows) + note
 
 
 def figures_section(figures: dict[str, Path], captions: dict[str, str]) -> str:

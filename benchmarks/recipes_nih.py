@@ -33,6 +33,8 @@ from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_i
 CANDIDATES: dict[str, dict[str, Any]] = {
     "inception-299": {"arch": "inception_v3", "image_size": 299, "epochs": 30, "batch_size": 32},
     "inception-128": {"arch": "inception_v3", "image_size": 128, "epochs": 16, "batch_size": 32},
+    "inception-128-ema": {"arch": "inception_v3", "image_size": 128, "epochs": 16,
+                          "batch_size": 32, "ema": 0.99},
     "resnet18-128": {"arch": "resnet18", "image_size": 128, "epochs": 20, "batch_size": 32,
                      "lr": 1e-3},
     "resnet18-224": {"arch": "resnet18", "image_size": 224, "epochs": 20, "batch_size": 32,

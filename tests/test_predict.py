@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from cardiomegaly.cli import main
 from cardiomegaly.errors import ImageError, UserError
 from cardiomegaly.predict import Classifier, Prediction, find_images
 from cardiomegaly.runtime import autocast, cpu_threads, select_device
+from conftest import free_port
 from makers import write_corrupt_images, write_png
 
 
@@ -124,12 +124,6 @@ def test_predict_exits_2_when_nothing_could_be_scored_or_the_output_exists(
     assert main(["predict", model, str(tmp_path / "nothing-here" / "*.png")]) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_shards_the_inputs_and_merges_them_in_input_order(tiny_run, tiny_phantoms,
                                                                     tmp_path):  # fmt: skip
     model = str(tiny_run / "model.safetensors")
@@ -137,7 +131,7 @@ def test_torchrun_shards_the_inputs_and_merges_them_in_input_order(tiny_run, tin
     assert main(["predict", model, images, "--out", str(tmp_path / "one.csv")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "cardiomegaly",
+               f"--master_port={free_port()}", "--master_addr=127.0.0.1", "-m", "cardiomegaly",
                "predict", model, images, "--out", str(tmp_path / "two.csv"),
                "--device", "cpu"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,

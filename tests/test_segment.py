@@ -486,13 +486,12 @@ def test_a_model_trained_on_a_split_file_draws_a_fresh_split_on_other_data(seg_r
 
 def test_two_process_ddp_trains_a_segment_model_on_the_cpu(seg_phantoms, tmp_path):
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from conftest import free_port
+
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIOMEGALY_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "cardiomegaly", "train",

@@ -6,7 +6,6 @@ import base64
 import contextlib
 import io
 import logging
-import socket
 import tempfile
 import threading
 import time
@@ -16,6 +15,7 @@ from PIL import Image
 
 from cardiomegaly.predict import Classifier
 from cardiomegaly.serve import create_app
+from conftest import free_port
 from makers import IDENTIFIERS, write_dicom
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
@@ -124,12 +124,6 @@ def test_the_page_works_offline_and_says_research_only(client):
     assert "http://" not in page and "https://" not in page  # no external fonts or scripts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_real_browser_uploads_a_film_and_sees_the_answer(tiny_run, film, browser, tmp_path):
     with _serving(create_app(tiny_run / "model.safetensors")) as port:
         page = browser.new_page(viewport={"width": 1000, "height": 1100})
@@ -156,7 +150,7 @@ def _serving(app):
     """The app behind a real uvicorn on a free local port, for clients that need a socket."""
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -6,7 +6,6 @@ import hashlib
 import importlib
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import torch
 from cardiomegaly import DataConfig, TrainConfig
 from cardiomegaly.cli import main
 from cardiomegaly.model import read_metadata
+from conftest import free_port
 from makers import tiny_train_config
 
 train_module = importlib.import_module("cardiomegaly.train")  # the package re-exports train()
@@ -113,17 +113,11 @@ def test_with_ema_the_model_file_holds_the_average_of_the_weights(phantoms, tmp_
     assert any(not torch.equal(saved[k], last["model"][k]) for k in saved)  # not the raw ones
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp_on_cpu(phantoms, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIOMEGALY_CACHE": str(tmp_path / "cache")}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={_free_port()}", "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}", "--master_addr=127.0.0.1",
         "-m", "cardiomegaly", "train", "--data", str(phantoms), "--weights", "none",
         "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
         "--out", str(tmp_path / "ddp"),
@@ -145,7 +139,7 @@ def test_two_process_ddp_cross_validation_on_cpu(phantoms, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIOMEGALY_CACHE": str(tmp_path / "cache")}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={_free_port()}", "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}", "--master_addr=127.0.0.1",
         "-m", "cardiomegaly", "train", "--data", str(phantoms), "--weights", "none",
         "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
         "--folds", "2", "--no-export-onnx", "--out", str(tmp_path / "cv"),

@@ -34,9 +34,10 @@ from ..data.images import sniff_format
 from ..errors import ImageError, UserError
 from ..fileio import atomic_open, sha256_of
 from ..predict import Classifier, Prediction
+from ..segment.overlay import BANNER, draw_measurement
 
 #: Every result says this, in its series description and burned into its pixels.
-RESEARCH_LINE = "RESEARCH USE ONLY - not for diagnosis"
+RESEARCH_LINE = BANNER
 MANUFACTURER = "cardiomegaly (open source)"
 #: Series numbers of the results, high so that they sort after the modality's series.
 SERIES_NUMBER = {"sr": 9101, "sc": 9102}
@@ -249,8 +250,6 @@ class ResultWriter:
         if self.measurer is not None:
             measured = self.measurer.measure(path)
             ctr = measured.ctr
-            from ..segment.overlay import draw_measurement
-
             picture = draw_measurement(measured.image, measured.masks, measured.measurement,
                                        measured.view)  # fmt: skip
         else:

@@ -10,7 +10,8 @@ mean of their probabilities), with its threshold chosen on the pooled out-of-fol
     run/
       config.yaml  folds.csv  model.safetensors  model.onnx
       oof/         metrics.json  predictions.csv  report.html  figures
-      fold0/ ... fold{K-1}/   plain run folders (resumable one by one)
+      fold0/ ... fold{K-1}/   plain run folders (resumable one by one; a finished fold
+                              keeps its model file and evaluation, not its last.pt)
 
 >>> result = train(TrainConfig(data="synthetic", folds=5, weights="none"))  # doctest: +SKIP
 >>> result.oof["auroc"]["ci95"]                                              # doctest: +SKIP
@@ -90,6 +91,8 @@ def train_folds(
         # The members need no ONNX export of their own: the ensemble gets one.
         member_cfg = dataclasses.replace(cfg, folds=1, export_onnx=False)
         results.append(train_one(member_cfg, ddp, None, fold_dir))
+        if ddp.main:  # a finished fold is never resumed: its resume state (weights and
+            (fold_dir / "last.pt").unlink(missing_ok=True)  # optimizer moments) goes
     oof: dict[str, Any] = {}
     if ddp.main:
         oof = _pool(cfg, records, run_dir)

@@ -91,8 +91,9 @@ def train_folds(
         # The members need no ONNX export of their own: the ensemble gets one.
         member_cfg = dataclasses.replace(cfg, folds=1, export_onnx=False)
         results.append(train_one(member_cfg, ddp, None, fold_dir))
-        if ddp.main:  # a finished fold is never resumed: its resume state (weights and
-            (fold_dir / "last.pt").unlink(missing_ok=True)  # optimizer moments) goes
+        # A finished fold is never resumed: its resume state (weights, Adam moments) goes.
+        if ddp.main:
+            (fold_dir / "last.pt").unlink(missing_ok=True)
     oof: dict[str, Any] = {}
     if ddp.main:
         oof = _pool(cfg, records, run_dir)

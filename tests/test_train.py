@@ -113,18 +113,23 @@ def test_with_ema_the_model_file_holds_the_average_of_the_weights(phantoms, tmp_
     assert any(not torch.equal(saved[k], last["model"][k]) for k in saved)  # not the raw ones
 
 
-def test_two_process_ddp_on_cpu(phantoms, tmp_path):
+def _torchrun_train(phantoms, tmp_path, *argv) -> subprocess.CompletedProcess:
+    """A tiny ``train`` under two CPU processes (gloo), which must succeed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIOMEGALY_CACHE": str(tmp_path / "cache")}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
         f"--master_port={free_port()}", "--master_addr=127.0.0.1",
         "-m", "cardiomegaly", "train", "--data", str(phantoms), "--weights", "none",
-        "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
-        "--out", str(tmp_path / "ddp"),
+        "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--device", "cpu", *argv,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
                             check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_process_ddp_on_cpu(phantoms, tmp_path):
+    result = _torchrun_train(phantoms, tmp_path, "--out", str(tmp_path / "ddp"))
     run = tmp_path / "ddp"
     meta = read_metadata(run / "model.safetensors")
     metrics = json.loads((run / "test" / "metrics.json").read_text())
@@ -136,17 +141,8 @@ def test_two_process_ddp_on_cpu(phantoms, tmp_path):
 
 
 def test_two_process_ddp_cross_validation_on_cpu(phantoms, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIOMEGALY_CACHE": str(tmp_path / "cache")}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={free_port()}", "--master_addr=127.0.0.1",
-        "-m", "cardiomegaly", "train", "--data", str(phantoms), "--weights", "none",
-        "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
-        "--folds", "2", "--no-export-onnx", "--out", str(tmp_path / "cv"),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
-                            check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _torchrun_train(phantoms, tmp_path, "--folds", "2", "--no-export-onnx",
+                             "--out", str(tmp_path / "cv"))  # fmt: skip
     oof = pd.read_csv(tmp_path / "cv" / "oof" / "predictions.csv")
     assert oof["path"].is_unique and len(oof) == 30 and set(oof["fold"]) == {0, 1}
     assert result.stdout.count("out-of-fold AUROC") == 1  # rank 0 pools and reports

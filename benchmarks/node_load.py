@@ -161,6 +161,17 @@ class NodeProcess:
         self.process.wait(timeout=120)
 
 
+def _start(model: Path, tmp: Path, name: str) -> tuple[int, Orthanc, NodeProcess]:
+    """A fresh Orthanc and a node that sends to it, each with folders named ``name``."""
+    port = _port()
+    orthanc = Orthanc(tmp / f"orthanc-{name}", port)
+    orthanc.start()
+    node = NodeProcess(model, port, f"ORTHANC@127.0.0.1:{orthanc.dicom}", tmp / f"spool-{name}",
+                       tmp / f"node-{name}.log")  # fmt: skip
+    node.start()
+    return port, orthanc, node
+
+
 def _wait(orthanc: Orthanc, srs: int, timeout: float) -> float:
     start = time.perf_counter()
     while orthanc.results()["SR"] < srs:
@@ -196,12 +207,7 @@ def main() -> None:
                     "model": str(model)}  # fmt: skip
 
     # 1. Load.
-    port = _port()
-    orthanc = Orthanc(tmp / "orthanc-load", port)
-    orthanc.start()
-    node = NodeProcess(model, port, f"ORTHANC@127.0.0.1:{orthanc.dicom}", tmp / "spool-load",
-                       tmp / "node-load.log")  # fmt: skip
-    node.start()
+    port, orthanc, node = _start(model, tmp, "load")
     batches = [_films(tmp / "films", args.films, f"s{k}") for k in range(args.senders)]
     start = time.perf_counter()
     threads = [threading.Thread(target=_send, args=(port, b)) for b in batches]
@@ -228,12 +234,7 @@ def main() -> None:
     orthanc.stop()
 
     # 2. SIGKILL while receiving.
-    port = _port()
-    orthanc = Orthanc(tmp / "orthanc-kill", port)
-    orthanc.start()
-    node = NodeProcess(model, port, f"ORTHANC@127.0.0.1:{orthanc.dicom}", tmp / "spool-kill",
-                       tmp / "node-kill.log")  # fmt: skip
-    node.start()
+    port, orthanc, node = _start(model, tmp, "kill")
     films = _films(tmp / "films-kill", args.films, "k")
     acked: list[str] = []
     sender = threading.Thread(target=_send, args=(port, films, acked))

@@ -6,7 +6,8 @@ earlier era, and same-era negatives with other findings), and is judged on the p
 out-of-fold predictions: AUROC with its patient-bootstrap interval, overall and by kind of
 negative, never on one test split. Optionally each candidate's out-of-fold probability is also
 merged with a cardiothoracic ratio (``--ctr CSV``, from ``cardiomegaly measure``) by averaging
-their ranks within each view (no fitted parameter).
+their ranks within each view (no fitted parameter), and scored with test-time augmentation
+(``--tta``: each fold model on its own test films in nine views, probabilities averaged).
 
     python benchmarks/recipes_nih.py --data ../shared/data/nih-cxr-cardiomegaly \\
         --data ../shared/data/nih-cxr-other-findings --candidates resnet18-128 inception-128 \\
@@ -23,10 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
-from cardiomegaly import TrainConfig, train
+from cardiomegaly import Classifier, TrainConfig, train
 from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_interval
 
 #: name -> TrainConfig overrides, all from scratch (weights none).
@@ -35,6 +38,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "inception-128": {"arch": "inception_v3", "image_size": 128, "epochs": 16, "batch_size": 32},
     "inception-128-ema": {"arch": "inception_v3", "image_size": 128, "epochs": 16,
                           "batch_size": 32, "ema": 0.99},
+    "inception-128-strong-aug": {
+        "arch": "inception_v3", "image_size": 128, "epochs": 16, "batch_size": 32,
+        "augment": {"rotation": 15, "translate": 0.1, "scale": [0.8, 1.2], "brightness": 0.3,
+                    "contrast": 0.3, "gamma": 0.3},
+    },
     "resnet18-128": {"arch": "resnet18", "image_size": 128, "epochs": 20, "batch_size": 32,
                      "lr": 1e-3},
     "resnet18-224": {"arch": "resnet18", "image_size": 224, "epochs": 20, "batch_size": 32,
@@ -74,12 +82,41 @@ def _rank_within_view(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame.groupby("view")[column].rank(pct=True)
 
 
+def _views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The film and eight small changes of it: scale 0.92 and 1.08, shifts of 4 px, +-5 degrees."""
+
+    def affine(matrix: list[list[float]]) -> torch.Tensor:
+        theta = torch.tensor(matrix, dtype=x.dtype).expand(len(x), 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+    out = [x] + [affine([[1 / s, 0, 0], [0, 1 / s, 0]]) for s in (0.92, 1.08)]
+    out += [torch.roll(x, shift, dims) for shift in (4, -4) for dims in (2, 3)]
+    for a in np.deg2rad([-5, 5]):
+        out.append(affine([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0]]))
+    return out
+
+
+def _tta(run: Path, oof: pd.DataFrame) -> pd.Series:
+    """Each film's mean probability over :func:`_views`, from the fold model that never saw it."""
+    out = pd.Series(np.nan, index=oof.index)
+    for fold, part in oof.groupby("fold"):
+        clf = Classifier.load(run / f"fold{fold}" / "model.safetensors", backend="torch")
+        for start in range(0, len(part), 32):
+            chunk = part.iloc[start : start + 32]
+            x = torch.from_numpy(np.stack([clf.preprocess(p) for p in chunk["path"]]))[:, None]
+            probs = [clf.probabilities(v[:, 0].numpy()) for v in _views(x)]
+            out[chunk.index] = np.mean(probs, axis=0)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="append", required=True)
     parser.add_argument("--candidates", nargs="+", default=["resnet18-128"], choices=CANDIDATES)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--ctr", help="a measure CSV (path, ctr) of the same films")
+    parser.add_argument("--tta", action="store_true", help="also score with test-time views")
     parser.add_argument("--out", default="runs/bench/recipes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -102,6 +139,9 @@ def main() -> None:
                           dtype={"patient": str})  # fmt: skip
         entry = {"config": CANDIDATES[name], "minutes": round(minutes, 1),
                  "classifier": _by_kind(oof, "probability")}  # fmt: skip
+        if args.tta:
+            oof["tta"] = _tta(run, oof)
+            entry["classifier_tta"] = _by_kind(oof, "tta")
         if ctr is not None:
             both = oof.merge(ctr, on="path", how="inner")
             both = both[pd.to_numeric(both["ctr"], errors="coerce").notna()].copy()

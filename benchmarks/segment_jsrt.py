@@ -5,8 +5,14 @@ trains with the ``segment`` preset (fold k as the test split, a tenth of the res
 stopping), then pools the test films of every fold: Dice and IoU per organ and the ratio's mean
 absolute error against the masks' ratio, with patient-bootstrap intervals, and CPU speed.
 
+JSRT is one hospital's films. ``--judge DATA`` (given once or more) scores every fold model's
+ratio as a cardiomegaly score on labelled films of another hospital (NIH: never trained on):
+AUROC and how many films it flags, per fold model, so that a recipe that fits JSRT more closely
+at the cost of other hospitals shows it.
+
     python benchmarks/segment_jsrt.py --data ../shared/data/jsrt-ctr --archs unet basicunet \\
-        --folds 5 --image-size 256 --epochs 30 --out runs/bench/segment
+        --folds 5 --image-size 256 --epochs 30 --out runs/bench/segment \\
+        --judge ../shared/data/nih-cxr-cardiomegaly --judge ../shared/data/nih-cxr-other-findings
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from cardiomegaly import TrainConfig, train
 from cardiomegaly.data.records import load_records
 from cardiomegaly.evaluate.metrics import percentile_interval
 from cardiomegaly.segment.ctr import MASK_CLASSES
+from cardiomegaly.segment.evaluate import evaluate_segmenter
 from cardiomegaly.segment.model import build_segmenter
 
 
@@ -68,6 +75,14 @@ def bootstrap(frame: pd.DataFrame, column: str, n: int = 2000, seed: int = 0) ->
     return percentile_interval(np.array(means))
 
 
+def _judge(model: Path, data: list[str], fold: int) -> dict:
+    """The fold model's ratio as a cardiomegaly score on every film of ``data``."""
+    result = evaluate_segmenter(model, data, "all", model.parent / "judge")
+    m = result.metrics
+    return {"fold": fold, "films": m["films"], "flagged": m["flagged"], "auroc": m["auroc"],
+            "auroc_by_view": m["auroc_by_view"]}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/jsrt-ctr")
@@ -77,6 +92,13 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--width", type=int, default=16)
+    parser.add_argument(
+        "--augment",
+        type=json.loads,
+        default={},
+        help="augmentation overrides as JSON, e.g. '{\"rotation\": 15}'",
+    )
+    parser.add_argument("--judge", action="append", help="labelled films of other hospitals")
     parser.add_argument("--out", default="runs/bench/segment")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -86,15 +108,17 @@ def main() -> None:
     fold_of = folds_for(records.table["patient"], args.folds, seed=0)
     summary = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                "data": args.data, "folds": args.folds, "image_size": args.image_size,
-               "epochs": args.epochs, "candidates": {}}  # fmt: skip
+               "epochs": args.epochs, "augment": args.augment, "judge": args.judge,
+               "candidates": {}}  # fmt: skip
     for arch in args.archs:
-        frames, minutes = [], []
+        frames, minutes, judged = [], [], []
         for fold in args.only_folds if args.only_folds is not None else range(args.folds):
             split_file = out / f"{arch}-fold{fold}-splits.csv"
             write_split(records, fold_of, fold, args.folds, split_file)
             config = TrainConfig.from_preset("segment", data=args.data, arch=arch,
                                              width=args.width, image_size=args.image_size,
                                              epochs=args.epochs, export_onnx=False,
+                                             augment=args.augment,
                                              split={"split_file": str(split_file)})  # fmt: skip
             start = time.perf_counter()
             result = train(config, out=out / f"{arch}-fold{fold}")
@@ -103,6 +127,8 @@ def main() -> None:
             frame["patient"] = frame["path"]  # one film per JSRT patient
             frame["fold"] = fold
             frames.append(frame)
+            if args.judge:
+                judged.append(_judge(result.run_dir / "model.safetensors", args.judge, fold))
         pooled = pd.concat(frames, ignore_index=True)
         pooled.to_csv(out / f"{arch}-pooled.csv", index=False)
         both = pooled.dropna(subset=["ctr", "ctr_reference"]).copy()
@@ -118,6 +144,8 @@ def main() -> None:
             "minutes_per_fold": float(np.mean(minutes)),
             "films_per_second_eval_b8": speed(arch, args.image_size, args.width),
         }  # fmt: skip
+        if judged:
+            entry["judged"] = judged
         summary["candidates"][arch] = entry
         print(json.dumps({arch: entry}, indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -55,7 +55,7 @@ def _basicunet(width: int) -> nn.Module:
     )
 
 
-#: name -> builder(width). Measured on JSRT (benchmarks/segment_candidates.py); "unet" won.
+#: name -> builder(width). Measured on JSRT (benchmarks/segment_jsrt.py); "unet" won.
 SEG_ARCHS: dict[str, Callable[[int], nn.Module]] = {"unet": _unet, "basicunet": _basicunet}
 
 

@@ -130,6 +130,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(tmp_path: Path, *argv: str):
+    """``cardiomegaly ARGV`` under two CPU processes (torchrun, gloo), which must succeed; its
+    preprocessing cache in ``tmp_path``. Returns the finished process (stdout for the checks)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIOMEGALY_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={free_port()}", "--master_addr=127.0.0.1", "-m", "cardiomegaly",
+               *argv]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @dataclass
 class OrthancServer:
     """A running Orthanc of the test's own, on loopback, with the node registered as modality

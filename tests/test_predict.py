@@ -19,7 +19,7 @@ from cardiomegaly.cli import main
 from cardiomegaly.errors import ImageError, UserError
 from cardiomegaly.predict import Classifier, Prediction, find_images
 from cardiomegaly.runtime import autocast, cpu_threads, select_device
-from conftest import free_port
+from conftest import torchrun
 from makers import write_corrupt_images, write_png
 
 
@@ -129,14 +129,8 @@ def test_torchrun_shards_the_inputs_and_merges_them_in_input_order(tiny_run, tin
     model = str(tiny_run / "model.safetensors")
     images = str(tiny_phantoms / "images")
     assert main(["predict", model, images, "--out", str(tmp_path / "one.csv")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               f"--master_port={free_port()}", "--master_addr=127.0.0.1", "-m", "cardiomegaly",
-               "predict", model, images, "--out", str(tmp_path / "two.csv"),
-               "--device", "cpu"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
-                            check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = torchrun(tmp_path, "predict", model, images, "--out", str(tmp_path / "two.csv"),
+                      "--device", "cpu")  # fmt: skip
     one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
     assert list(one["path"]) == list(two["path"])
     assert np.allclose(one["probability"], two["probability"], atol=1e-5)

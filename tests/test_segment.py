@@ -485,22 +485,11 @@ def test_a_model_trained_on_a_split_file_draws_a_fresh_split_on_other_data(seg_r
 
 
 def test_two_process_ddp_trains_a_segment_model_on_the_cpu(seg_phantoms, tmp_path):
-    import os
-    import subprocess
-    import sys
+    from conftest import torchrun
 
-    from conftest import free_port
-
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIOMEGALY_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "cardiomegaly", "train",
-               "--task", "segment", "--data", str(seg_phantoms), "--image-size", "64",
-               "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--no-export-onnx",
-               "--out", str(tmp_path / "ddp")]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
-                            check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(tmp_path, "train", "--task", "segment", "--data", str(seg_phantoms),
+                      "--image-size", "64", "--epochs", "2", "--batch-size", "4", "--device",
+                      "cpu", "--no-export-onnx", "--out", str(tmp_path / "ddp"))  # fmt: skip
     run = tmp_path / "ddp"
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [1, 2]
     metrics = json.loads((run / "test" / "metrics.json").read_text())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import torch
 from cardiomegaly import DataConfig, TrainConfig
 from cardiomegaly.cli import main
 from cardiomegaly.model import read_metadata
-from conftest import free_port
+from conftest import torchrun
 from makers import tiny_train_config
 
 train_module = importlib.import_module("cardiomegaly.train")  # the package re-exports train()
@@ -115,17 +114,9 @@ def test_with_ema_the_model_file_holds_the_average_of_the_weights(phantoms, tmp_
 
 def _torchrun_train(phantoms, tmp_path, *argv) -> subprocess.CompletedProcess:
     """A tiny ``train`` under two CPU processes (gloo), which must succeed."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CARDIOMEGALY_CACHE": str(tmp_path / "cache")}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={free_port()}", "--master_addr=127.0.0.1",
-        "-m", "cardiomegaly", "train", "--data", str(phantoms), "--weights", "none",
-        "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--device", "cpu", *argv,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
-                            check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return torchrun(tmp_path, "train", "--data", str(phantoms), "--weights", "none",
+                    "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--device",
+                    "cpu", *argv)  # fmt: skip
 
 
 def test_two_process_ddp_on_cpu(phantoms, tmp_path):

@@ -8,6 +8,7 @@ negative, never on one test split. Optionally each candidate's out-of-fold proba
 merged with a cardiothoracic ratio (``--ctr CSV``, from ``cardiomegaly measure``) by averaging
 their ranks within each view (no fitted parameter), and scored with test-time augmentation
 (``--tta``: each fold model on its own test films in nine views, probabilities averaged).
+A candidate whose weights are "phantoms" starts from the demo preset's model, trained first.
 
     python benchmarks/recipes_nih.py --data ../shared/data/nih-cxr-cardiomegaly \\
         --data ../shared/data/nih-cxr-other-findings --candidates resnet18-128 inception-128 \\
@@ -36,6 +37,9 @@ from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_i
 CANDIDATES: dict[str, dict[str, Any]] = {
     "inception-299": {"arch": "inception_v3", "image_size": 299, "epochs": 30, "batch_size": 32},
     "inception-128": {"arch": "inception_v3", "image_size": 128, "epochs": 16, "batch_size": 32},
+    # the demo model (phantoms, 128 px, 12 epochs) as the starting point instead of random weights
+    "inception-128-phantom-init": {"arch": "inception_v3", "image_size": 128, "epochs": 16,
+                                   "batch_size": 32, "weights": "phantoms"},
     "inception-128-ema": {"arch": "inception_v3", "image_size": 128, "epochs": 16,
                           "batch_size": 32, "ema": 0.99},
     "inception-128-strong-aug": {
@@ -110,6 +114,13 @@ def _tta(run: Path, oof: pd.DataFrame) -> pd.Series:
     return out
 
 
+def _phantom_model(run: Path) -> Path:
+    """The demo preset's model (phantoms, 128 px, from scratch), trained once into ``run``."""
+    if not (run / "model.safetensors").is_file():
+        train(TrainConfig.from_preset("demo", export_onnx=False), out=run)
+    return run / "model.safetensors"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="append", required=True)
@@ -131,8 +142,11 @@ def main() -> None:
     for name in args.candidates:
         run = out / name
         start = time.perf_counter()
-        config = TrainConfig.from_preset(None, data=args.data, weights="none", folds=args.folds,
-                                         export_onnx=False, **CANDIDATES[name])  # fmt: skip
+        overrides = {"weights": "none", **CANDIDATES[name]}
+        if overrides["weights"] == "phantoms":
+            overrides["weights"] = str(_phantom_model(out / "phantoms"))
+        config = TrainConfig.from_preset(None, data=args.data, folds=args.folds,
+                                         export_onnx=False, **overrides)  # fmt: skip
         train(config, out=None if run.exists() else run, resume=run if run.exists() else None)
         minutes = (time.perf_counter() - start) / 60
         oof = pd.read_csv(run / "oof" / "predictions.csv", keep_default_na=False,

@@ -222,7 +222,7 @@ def _figures(folder: Path, frame: pd.DataFrame, metrics: dict[str, Any]) -> dict
             diff = both["ctr"] - both["ctr_reference"]
             ax.scatter(mean, diff, s=14, alpha=0.7)
             err = metrics["ctr_error"]
-            ax.axhline(err["bias"], color="k", lw=1, label=f"bias {err['bias']:+.3f}")
+            ax.axhline(err["bias"], color="k", lw=1, label=f"bias {err['bias']:+.4f}")
             for limit in err["limits_of_agreement"]:
                 ax.axhline(limit, color="grey", ls="--", lw=1)
             ax.set_xlabel("mean of measured and reference ratio")

@@ -37,6 +37,7 @@ from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_i
 CANDIDATES: dict[str, dict[str, Any]] = {
     "inception-299": {"arch": "inception_v3", "image_size": 299, "epochs": 30, "batch_size": 32},
     "inception-128": {"arch": "inception_v3", "image_size": 128, "epochs": 16, "batch_size": 32},
+    "inception-160": {"arch": "inception_v3", "image_size": 160, "epochs": 16, "batch_size": 32},
     # the demo model (phantoms, 128 px, 12 epochs) as the starting point instead of random weights
     "inception-128-phantom-init": {"arch": "inception_v3", "image_size": 128, "epochs": 16,
                                    "batch_size": 32, "weights": "phantoms"},

@@ -84,6 +84,16 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(props[METADATA_KEY])
 
 
+def model_sha256(path: str | Path) -> str:
+    """The SHA-256 that names a model: the model file's own, or for an ONNX export the one of
+    the file it was exported from (so a model and its export are the same model)."""
+    if Path(path).suffix == ".onnx":
+        source = read_onnx_metadata(path).get("exported_from", {}).get("sha256")
+        if source:
+            return source
+    return sha256_of(path)
+
+
 def is_export_of(onnx_path: str | Path, model_path: str | Path) -> bool:
     """Whether ``onnx_path`` was exported from ``model_path`` as it is now (same bytes).
 

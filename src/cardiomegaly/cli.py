@@ -178,8 +178,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0 and hasattr(result, "oof"):  # --folds K
         print(f"model       {result.model}  (ensemble of {len(result.folds)} fold models)")
         print(f"folds       {result.run_dir / 'fold0'} ... fold{len(result.folds) - 1}")
-        for name, g in result.oof["subgroups"].get("positives vs", {}).items():
-            print(f"  positives vs {name}: AUROC {_num(g['auroc'])} (95 % CI {_ci(g['ci95'])})")
+        _print_by_kind(result.oof)
+        combined = result.oof.get("combined")
+        if combined and "not_fitted" in combined:
+            print(f"combined    {combined['not_fitted']}")
+        elif combined:
+            auc = combined["auroc"]
+            print(f"combined    with the ratio: AUROC {_num(auc['value'])} (95 % CI "
+                  f"{_ci(auc['ci95'])}) on {combined['images']} measured films "
+                  f"({combined['not_measured']} not measured)")  # fmt: skip
+            _print_by_kind(combined)
+            print(f"            {result.run_dir / 'oof' / 'combined.csv'}")
         print(f"report      {result.run_dir / 'oof' / 'report.html'}")
         return 0
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for all
@@ -322,11 +331,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     scored = [p for p in predictions if p.error is None]
     if not main_rank:
         return 0 if scored else 2
-    ratios = None
+    ratios, answers, why_not = None, None, ""
     if measurer is not None:
-        measured = measurer.measure_many(paths, args.batch_size, progress=True, total=len(paths))
+        from .combine import combined_for
+
+        measured = list(
+            measurer.measure_many(paths, args.batch_size, progress=True, total=len(paths))
+        )
         ratios = [m.summary() if m.error is None else None for m in measured]
-    write_predictions(predictions, out, ratios)
+        combined, why_not = combined_for(clf.meta, args.ctr_model)
+        if combined is not None:
+            answers = [None if p.error or m.error else combined.answer(p.probability, m.ctr, m.view)
+                       for p, m in zip(predictions, measured, strict=True)]  # fmt: skip
+    elif "combined" in clf.meta:
+        why_not = ("no combined score: this model carries one; give --ctr-model with the "
+                   "segment model it was calibrated with")  # fmt: skip
+    write_predictions(predictions, out, ratios, answers)
     if args.cam and scored:
         from .explain import write_overlays
 
@@ -354,6 +374,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         over = sum(r["over_0_5"] for r in done)
         print(f"ratio       {len(done)} films measured, {over} over 0.5 (segment model "
               f"{args.ctr_model}); an AP film magnifies the heart")  # fmt: skip
+    if answers is not None:
+        given = [a for a in answers if a and a["score"] is not None]
+        threshold = combined.threshold
+        print(f"combined    {len(given)} films scored, {sum(a['label'] for a in given)} at or "
+              f"above {threshold:.3f} (probability and ratio ranked within each view, threshold "
+              f"chosen on {combined.chosen_on})")  # fmt: skip
+    if why_not:
+        print(f"combined    {why_not}")
     print(f"predictions {out}")
     if not scored:
         raise UserError("no image could be read; see the reasons above")
@@ -537,6 +565,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             print(f"int8        not kept: AUROC moved by more than {INT8_MAX_AUROC_CHANGE}")
     return 0
+
+
+def _print_by_kind(metrics: dict) -> None:
+    """AUROC of the positives against each kind of negative (NIH's no finding, other findings)."""
+    for name, g in metrics["subgroups"].get("positives vs", {}).items():
+        print(f"  positives vs {name}: AUROC {_num(g['auroc'])} (95 % CI {_ci(g['ci95'])})")
 
 
 def _ci(interval: list[float] | None) -> str:

@@ -229,6 +229,11 @@ class TrainConfig:
     folds: int = _opt(1, "K-fold patient-wise cross-validation: K models, out-of-fold "
                       "predictions for every film, and their ensemble (1: one split)",
                       kind="positive")  # fmt: skip
+    ctr_model: str | None = _opt(
+        None,
+        "with --folds: a segment model; its ratio is merged with the out-of-fold "
+        "probability into a combined score (ranks within each view), kept in the ensemble",
+    )
     seed: int = _opt(0, "random seed (0)")
     device: str = _opt("auto", "auto: CUDA when there is one (auto)", choices=DEVICES)
     workers: int = _opt(0, "data-loading processes (0)")
@@ -286,6 +291,11 @@ class TrainConfig:
             raise ConfigError(
                 "folds: cross-validation trains classifiers; for segmentation see "
                 "benchmarks/segment_jsrt.py"
+            )
+        if self.ctr_model and self.folds < 2:
+            raise ConfigError(
+                "ctr_model: the combined score is calibrated on out-of-fold predictions; "
+                "give --folds K (K >= 2) with it"
             )
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), not {self.ema}")

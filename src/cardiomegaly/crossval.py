@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,21 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .artifacts import model_sha256
+from .combine import CombinedScore
 from .config import THRESHOLD_RULES, TrainConfig, save_yaml
 from .data.cache import seen_metadata
 from .data.records import Records, absolute_sources, load_records
 from .data.split import fold_split, patient_folds, save_splits
 from .errors import UserError
-from .evaluate.metrics import choose_threshold, operating_point
-from .evaluate.report import write_report
+from .evaluate.metrics import (
+    auroc,
+    choose_threshold,
+    operating_point,
+    patient_bootstrap,
+    percentile_interval,
+)
+from .evaluate.report import assess, write_report
 from .export import export_beside
 from .fileio import atomic_open
 from .model import Ensemble, load_model, read_metadata, save_model
@@ -69,6 +78,9 @@ def train_folds(
     resumes the interrupted one."""
     run_dir = Path(resume) if resume else run_folder(out, ddp)
     cfg = dataclasses.replace(cfg, data=absolute_sources(cfg.data))
+    if cfg.ctr_model:  # a wrong file fails now, not after hours of training
+        cfg = dataclasses.replace(cfg, ctr_model=os.path.abspath(cfg.ctr_model))
+        _measurer(cfg)
     records = load_records(cfg.data, cfg.data_config)
     folds = patient_folds(records, cfg.folds, cfg.split.seed)
     if ddp.main:
@@ -89,7 +101,7 @@ def train_folds(
         barrier(ddp)
         log.info("fold %d/%d: %s", k + 1, cfg.folds, fold_dir)
         # The members need no ONNX export of their own: the ensemble gets one.
-        member_cfg = dataclasses.replace(cfg, folds=1, export_onnx=False)
+        member_cfg = dataclasses.replace(cfg, folds=1, export_onnx=False, ctr_model=None)
         results.append(train_one(member_cfg, ddp, None, fold_dir))
         # A finished fold is never resumed: its resume state (weights, Adam moments) goes.
         if ddp.main:
@@ -138,6 +150,12 @@ def _pool(cfg: TrainConfig, records: Records, run_dir: Path) -> dict[str, Any]:
     meta = _ensemble_metadata(cfg, records, metas, y, p)
     meta["architecture"] = ensemble.describe()
     decided = (p >= scored["fold_threshold"].to_numpy()).astype(float)
+    folder = run_dir / "oof"
+    extra: dict[str, Any] = {}
+    if cfg.ctr_model:
+        combined, extra["combined"] = _combine(cfg, scored, folder)
+        if combined is not None:
+            meta["combined"] = combined.to_metadata()
     context = {
         "model": str(run_dir / "model.safetensors"),
         "data": cfg.data,
@@ -154,8 +172,8 @@ def _pool(cfg: TrainConfig, records: Records, run_dir: Path) -> dict[str, Any]:
             "operating point of these predictions (the ensemble's threshold was chosen on them)",
             **operating_point(y, decided, 0.5),
         },
+        **extra,
     }
-    folder = run_dir / "oof"
     metrics = write_report(folder, scored, meta, context)
     auc = metrics["auroc"]
     meta["evaluation"] = {"split": "out-of-fold", "images": metrics["images"],
@@ -169,6 +187,94 @@ def _pool(cfg: TrainConfig, records: Records, run_dir: Path) -> dict[str, Any]:
     if cfg.export_onnx:
         export_beside(run_dir / "model.safetensors")
     return metrics
+
+
+def _measurer(cfg: TrainConfig):
+    from .segment.measure import Measurer
+
+    return Measurer.load(cfg.ctr_model, device=cfg.device)
+
+
+def _combine(
+    cfg: TrainConfig, scored: pd.DataFrame, folder: Path
+) -> tuple[CombinedScore | None, dict[str, Any]]:
+    """Measure every film with the segment model, fit the combined score on the out-of-fold
+    probabilities (views from the records), and assess it on the films with a ratio."""
+    measurer = _measurer(cfg)
+    measured = list(measurer.measure_many(scored["path"], 8, progress=True, total=len(scored)))
+    frame = scored.assign(
+        ctr=[np.nan if m.ctr is None else m.ctr for m in measured],
+        ctr_quality=[m.error or (m.measurement.quality if m.measurement else "")
+                     for m in measured],
+    )  # fmt: skip
+    view = frame["view"].fillna("").astype(str) if "view" in frame else pd.Series("", frame.index)
+    ok = frame["ctr"].notna().to_numpy()
+    part = frame[ok]
+    if part["label"].nunique() < 2:
+        reason = (
+            f"no combined score: {len(part)} of {len(frame)} films measured, "
+            f"{int(part['label'].sum())} of them positive; both classes are needed"
+        )
+        log.warning("%s", reason)
+        return None, {"not_fitted": reason, "segment_model": cfg.ctr_model}
+    rule = cfg.threshold_rule
+    combined = CombinedScore.fit(
+        part["probability"].to_numpy(), part["ctr"].to_numpy(), view[ok].to_numpy(),
+        part["label"].to_numpy(), rule, model_sha256(cfg.ctr_model),
+        f"pooled out-of-fold predictions of {cfg.folds} folds ({int(ok.sum())} measured films)",
+    )  # fmt: skip
+    frame["combined"] = combined.scores(frame["probability"], frame["ctr"], view.to_numpy())
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = [c for c in ("path", "patient", "source", "view", "negative_kind", "fold") if c in frame]
+    with atomic_open(folder / "combined.csv", "w", encoding="utf-8", newline="") as f:
+        frame[[*keep, "label", "probability", "ctr", "ctr_quality", "combined"]].assign(
+            prediction=(frame["combined"] >= combined.threshold).astype(int).where(ok, None)
+        ).to_csv(f, index=False, float_format="%.6f")
+    scored_part = frame[ok].assign(probability=frame["combined"][ok])
+    result = assess(scored_part, {f"{rule} (combined threshold)": combined.threshold})
+    keys = ("images", "patients", "positives", "auroc", "operating_points", "subgroups", "warnings")
+    metrics = {k: result.metrics[k] for k in keys}
+    metrics["operating_point_nested"] = _nested_operating_point(part, view[ok].to_numpy(), rule)
+    metrics["parts_on_the_same_films"] = {
+        name: _auroc_ci(part, column) for name, column in
+        (("probability", "probability"), ("ratio", "ctr"))
+    }  # fmt: skip
+    metrics.update(
+        score=combined.to_metadata()["score"],
+        segment_model=cfg.ctr_model,
+        not_measured=int((~ok).sum()),
+        threshold=combined.threshold,
+        views=sorted(combined.references),
+    )
+    log.info("combined with the ratio: AUROC %.4f on %d measured films (%d not measured)",
+             metrics["auroc"]["value"] or np.nan, int(ok.sum()), int((~ok).sum()))  # fmt: skip
+    return combined, metrics
+
+
+def _nested_operating_point(part: pd.DataFrame, view: np.ndarray, rule: str) -> dict[str, Any]:
+    """Each fold's films decided by a combined score (references and threshold) fitted on the
+    other folds' films only: the honest operating point, since the ensemble's combined
+    threshold was chosen on these very films."""
+    decided = np.zeros(len(part))
+    folds, y = part["fold"].to_numpy(), part["label"].to_numpy()
+    p, c = part["probability"].to_numpy(), part["ctr"].to_numpy()
+    for k in np.unique(folds):
+        own = folds == k
+        if len(np.unique(y[~own])) < 2:
+            return {"undefined": f"the folds other than {k} hold one class only"}
+        fitted = CombinedScore.fit(p[~own], c[~own], view[~own], y[~own], rule, "", "")
+        decided[own] = fitted.scores(p[own], c[own], view[own]) >= fitted.threshold
+    return {
+        **operating_point(y, decided, 0.5),
+        "note": "each fold's films at the threshold fitted on the other folds' films",
+        "threshold": None,  # one per fold
+    }
+
+
+def _auroc_ci(frame: pd.DataFrame, column: str, n_boot: int = 2000) -> dict[str, Any]:
+    y, s = frame["label"].to_numpy(), frame[column].to_numpy(dtype=float)
+    boot = patient_bootstrap(y, s, frame["patient"].astype(str).to_numpy(), n=n_boot, seed=0)
+    return {"value": auroc(y, s), "ci95": percentile_interval(boot.auroc)}
 
 
 def _ensemble_metadata(

@@ -275,11 +275,14 @@ def write_predictions(
     predictions: Sequence[Prediction],
     out: str | Path,
     ratios: Sequence[dict[str, Any]] | None = None,
+    combined: Sequence[dict[str, Any] | None] | None = None,
 ) -> None:
     """CSV (path, probability, prediction, threshold, error) or JSON by the file's suffix.
 
     ``ratios`` (one per prediction, from a segment model: ``FilmMeasurement.summary()``) adds
     the cardiothoracic ratio beside the probability: ctr, ctr_over_0_5, ctr_quality, ctr_note.
+    ``combined`` (one per prediction: ``CombinedScore.answer()``) adds the combined score:
+    combined, combined_prediction, combined_threshold.
     """
     out = Path(out)
     rows = [p.to_dict() for p in predictions]
@@ -290,11 +293,16 @@ def write_predictions(
             ratio = ratios[i] or {}
             row.update(ctr=ratio.get("value"), ctr_over_0_5=ratio.get("over_0_5"),
                        ctr_quality=ratio.get("quality"), ctr_note=ratio.get("note"))  # fmt: skip
+        if combined is not None:
+            answer = combined[i] or {}
+            row.update(combined=answer.get("score"), combined_prediction=answer.get("label"),
+                       combined_threshold=answer.get("threshold"))  # fmt: skip
     if out.suffix.lower() == ".json":
         atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
         return
     columns = ["path", "probability", "prediction", "threshold"]
     columns += ["ctr", "ctr_over_0_5", "ctr_quality", "ctr_note"] if ratios is not None else []
+    columns += ["combined", "combined_prediction", "combined_threshold"] if combined else []
     columns += ["error"]
     with atomic_open(out, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

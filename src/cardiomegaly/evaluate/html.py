@@ -89,6 +89,7 @@ def render_report(
         _operating_points(metrics),
         _calibration(metrics),
         _subgroups(metrics),
+        _combined(metrics.get("combined")),
         figures_section(figures, captions),
         _methods(metrics, meta),
     ]
@@ -184,6 +185,43 @@ def _calibration(metrics: dict[str, Any]) -> str:
         + "<p class='note'>A calibrated model has slope 1 and intercept 0. Training weights the "
         "positive class by the training prevalence, which shifts probabilities upwards; the "
         "threshold, chosen on validation, accounts for that.</p>"
+    )
+
+
+def _combined(combined: dict[str, Any] | None) -> str:
+    """``train --folds K --ctr-model``: the probability and the ratio as one score."""
+    if not combined:
+        return ""
+    head = "<h2>Classifier and ratio combined</h2>"
+    if "not_fitted" in combined:
+        return head + f"<p>{esc(combined['not_fitted'])}</p>"
+    parts = combined["parts_on_the_same_films"]
+    text = (
+        f"<p>The score: the {esc(combined['score'])} (segment model "
+        f"{esc(combined['segment_model'])}; references: {esc(', '.join(combined['views']))}). "
+        f"On the {combined['images']} "
+        f"measured films ({combined['not_measured']} not measured): AUROC "
+        f"<b>{_num(combined['auroc']['value'])}</b>{_ci(combined['auroc']['ci95'])}, against "
+        f"{_num(parts['probability']['value'])}{_ci(parts['probability']['ci95'])} for the "
+        f"probability and {_num(parts['ratio']['value'])}{_ci(parts['ratio']['ci95'])} for the "
+        "ratio alone. The references and the threshold were taken from these same films, so "
+        "the first operating point below is optimistic; the last decides each fold's films by "
+        "references and a threshold fitted on the other folds' films only.</p>"
+    )
+    points = dict(combined["operating_points"])
+    if "confusion" in combined.get("operating_point_nested", {}):
+        points["each fold at the threshold fitted on the other folds (honest)"] = {
+            **combined["operating_point_nested"],
+            "threshold": None,
+        }
+    ops = _operating_points(
+        {"operating_points": points, "threshold_chosen_on": "pooled out-of-fold combined scores"}
+    )  # fmt: skip
+    subgroups = _subgroups({"subgroups": combined["subgroups"]})
+    return (
+        head
+        + text
+        + (ops + subgroups).replace("<h2>", "<h3>Combined score: ").replace("</h2>", "</h3>")
     )
 
 

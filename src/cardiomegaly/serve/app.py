@@ -23,6 +23,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from .. import __version__
+from ..combine import combined_for
 from ..data.images import sniff_format
 from ..errors import ImageError
 from ..predict import Classifier, Prediction
@@ -71,13 +72,22 @@ def create_app(
     """
     clf = Classifier.load(model, device=device)
     card = model_card(clf.meta, Path(model).name)
-    measurer = None
+    measurer, combined = None, None
     if ctr_model is not None:  # the cardiothoracic ratio beside the probability
         from ..segment.measure import Measurer
 
         measurer = Measurer.load(ctr_model, device=device)
         card["ctr_model"] = {"name": Path(ctr_model).name,
                              "training": measurer.meta.get("training", {}).get("data")}  # fmt: skip
+        combined, why_not = combined_for(clf.meta, ctr_model)
+        if why_not:
+            log.warning("%s", why_not)
+        if combined is not None:
+            card["combined"] = {
+                "score": combined.to_metadata()["score"],
+                "threshold": combined.threshold,
+                "chosen_on": combined.chosen_on,
+            }
     max_bytes = int(max_upload_mb * 2**20)
     state: dict[str, Any] = {}
     torch_lock = threading.Lock()
@@ -158,6 +168,9 @@ def create_app(
             body["cam_png_base64"] = overlay
         if measured is not None:
             body["ctr"] = measured.summary()
+            if combined is not None:
+                body["combined"] = combined.answer(prediction.probability, measured.ctr,
+                                                   measured.view)  # fmt: skip
             if cam:  # the drawing of the measurement, as the Grad-CAM one
                 body["ctr_png_base64"] = _png(
                     draw_measurement(measured.image, measured.masks, measured.measurement)

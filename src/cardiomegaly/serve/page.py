@@ -78,6 +78,12 @@ async function send(file) {
       : "Cardiothoracic ratio " + body.ctr.value.toFixed(2) +
         (body.ctr.value > 0.5 ? " (over 0.5)" : " (0.5 or less)") +
         (body.ctr.note ? " \u00b7 " + body.ctr.note : "");
+    if (body.combined && body.combined.score !== null) {
+      ctr.textContent += " \u00b7 combined score " + body.combined.score.toFixed(3) +
+        (body.combined.label === 1 ? " (at or above " : " (below ") +
+        body.combined.threshold.toFixed(3) + "; probability and ratio ranked among " +
+        body.combined.ranked_among + " films of the training cross-validation)";
+    }
     if (body.ctr_png_base64) {
       drawing.src = "data:image/png;base64," + body.ctr_png_base64; drawing.style.display = "";
     }

@@ -1,0 +1,184 @@
+"""The combined score: the classifier's probability and the cardiothoracic ratio, each ranked
+among the out-of-fold films of its view, averaged; calibrated by ``train --folds K --ctr-model``
+and given by ``predict`` and ``serve`` only with the segment model it was calibrated with."""
+
+from __future__ import annotations
+
+import json
+
+import fastapi.testclient as fastapi_testclient
+import numpy as np
+import pandas as pd
+import pytest
+
+from cardiomegaly import Classifier, train
+from cardiomegaly.artifacts import model_sha256
+from cardiomegaly.cli import main
+from cardiomegaly.combine import ALL_VIEWS, MIN_VIEW_FILMS, CombinedScore
+from cardiomegaly.config import ConfigError
+from cardiomegaly.model import read_metadata
+from cardiomegaly.segment.measure import Measurer
+from cardiomegaly.segment.model import load_segmenter, save_segmenter
+from cardiomegaly.serve import create_app
+from makers import one_line_error, tiny_train_config
+
+
+def _fit(probability, ctr, view, label, rule="youden") -> CombinedScore:
+    return CombinedScore.fit(np.asarray(probability), np.asarray(ctr), np.asarray(view),
+                             np.asarray(label), rule, "sha", "test data")  # fmt: skip
+
+
+def test_the_score_is_the_mean_of_the_two_percentiles_within_the_view():
+    rng = np.random.default_rng(0)
+    n = MIN_VIEW_FILMS
+    p, c = rng.random(2 * n), rng.random(2 * n)
+    view = np.array(["PA"] * n + ["AP"] * n)
+    combined = _fit(p, c, view, rng.integers(0, 2, 2 * n))
+    pa_p, pa_c = np.sort(p[:n]), np.sort(c[:n])
+    # a PA film above 15 of the 20 PA probabilities and 5 of the 20 PA ratios
+    x_p, x_c = (pa_p[14] + pa_p[15]) / 2, (pa_c[4] + pa_c[5]) / 2
+    assert combined.score(x_p, x_c, "PA") == pytest.approx((15 / 20 + 5 / 20) / 2, abs=1e-6)
+    # the same numbers on an AP film are ranked among the AP films
+    ap_p, ap_c = np.sort(p[n:]), np.sort(c[n:])
+    expected_ap = (np.mean(ap_p < x_p) + np.mean(ap_c < x_c)) / 2
+    assert combined.score(x_p, x_c, "AP") == pytest.approx(expected_ap, abs=1e-6)
+
+
+def test_a_film_of_unknown_or_rare_view_is_ranked_among_all_films():
+    n = MIN_VIEW_FILMS
+    view = np.array(["PA"] * n + ["AP"] * (n - 1))
+    p = np.linspace(0, 1, 2 * n - 1)
+    combined = _fit(p, p, view, (p > 0.5).astype(int))
+    assert set(combined.references) == {ALL_VIEWS, "PA"}  # too few AP films for their own
+    for view_ in ("AP", "", None, "LATERAL"):
+        assert combined.reference_view(view_) == ALL_VIEWS
+        assert combined.score(0.5, 0.5, view_) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_a_film_without_a_ratio_has_no_score():
+    combined = _fit([0.1, 0.9], [0.4, 0.6], ["", ""], [0, 1])
+    assert combined.score(0.7, None, "PA") is None
+    assert combined.answer(0.7, None, "PA")["label"] is None
+    assert np.isnan(combined.scores(np.array([0.7]), np.array([np.nan]), [""])[0])
+
+
+def test_the_threshold_is_chosen_by_the_rule_on_the_fitted_scores():
+    # separable only when both numbers are used: one film is high on each alone
+    p = np.array([0.1, 0.9, 0.2, 0.6, 0.7, 0.8])
+    c = np.array([0.66, 0.40, 0.45, 0.62, 0.60, 0.55])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    combined = _fit(p, c, [""] * 6, y)
+    scores = combined.scores(p, c, [""] * 6)
+    assert (scores[y == 1] >= combined.threshold).all()
+    assert (scores[y == 0] < combined.threshold).all()
+
+
+def test_the_metadata_round_trip_gives_the_same_scores():
+    rng = np.random.default_rng(1)
+    p, c = rng.random(50), rng.random(50)
+    view = np.array(["PA", "AP"] * 25)
+    combined = _fit(p, c, view, rng.integers(0, 2, 50))
+    stored = json.loads(json.dumps({"combined": combined.to_metadata()}))  # as in a model file
+    again = CombinedScore.from_metadata(stored)
+    q, d = rng.random(10), rng.random(10)
+    views = ["PA", "AP", ""] * 3 + ["PA"]
+    assert np.array_equal(combined.scores(q, d, views), again.scores(q, d, views))
+    assert again.threshold == combined.threshold and again.segment_model == "sha"
+    assert CombinedScore.from_metadata({}) is None
+
+
+def test_a_combined_score_needs_cross_validation(seg_phantoms, seg_run):
+    with pytest.raises(ConfigError, match="--folds"):
+        tiny_train_config(seg_phantoms, ctr_model=str(seg_run / "model.safetensors"))
+
+
+def test_a_classifier_given_as_the_segment_model_fails_before_training(
+    tiny_run, seg_phantoms, tmp_path, capsys
+):
+    code = main(["train", "--data", str(seg_phantoms), "--weights", "none", "--folds", "2",
+                 "--ctr-model", str(tiny_run / "model.safetensors"),
+                 "--out", str(tmp_path / "run")])  # fmt: skip
+    assert code == 2
+    one_line_error(capsys.readouterr().err, "segment")
+    assert not list((tmp_path / "run").glob("fold*"))  # nothing trained
+
+
+@pytest.fixture(scope="module")
+def combined_run(seg_phantoms, seg_run, tmp_path_factory):
+    """A three-fold cross-validation of the segment phantoms (their ratios are measurable),
+    combined with the phantoms' segment model."""
+    run = tmp_path_factory.mktemp("combined-run") / "run"
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    config = tiny_train_config(seg_phantoms, cache_dir=str(cache), epochs=1, folds=3,
+                               ctr_model=str(seg_run / "model.safetensors"))  # fmt: skip
+    train(config, out=run)
+    return run
+
+
+def test_cross_validation_writes_the_combined_score_of_every_film(combined_run, seg_run):
+    table = pd.read_csv(combined_run / "oof" / "combined.csv")
+    oof = pd.read_csv(combined_run / "oof" / "predictions.csv")
+    assert sorted(table["path"]) == sorted(oof["path"])  # every film, once
+    measured = table[table["ctr"].notna()]
+    assert len(measured) >= len(table) // 2
+    assert measured["combined"].between(0, 1).all()
+    assert table.loc[table["ctr"].isna(), "combined"].isna().all()
+    meta = read_metadata(combined_run / "model.safetensors")
+    assert meta["combined"]["segment_model_sha256"] == model_sha256(seg_run / "model.safetensors")
+    combined = CombinedScore.from_metadata(meta)
+    again = combined.scores(measured["probability"], measured["ctr"], measured["view"])
+    np.testing.assert_allclose(again, measured["combined"], atol=2e-6)  # the file's reference
+    assert (measured["prediction"] == (measured["combined"] >= combined.threshold)).all()
+    metrics = json.loads((combined_run / "oof" / "metrics.json").read_text())["combined"]
+    assert metrics["images"] == len(measured) and metrics["auroc"]["ci95"] is not None
+    assert set(metrics["parts_on_the_same_films"]) == {"probability", "ratio"}
+    nested = metrics["operating_point_nested"]  # each fold decided without its own films
+    assert sum(nested["confusion"].values()) == len(measured) and nested["threshold"] is None
+    assert "Classifier and ratio combined" in (combined_run / "oof" / "report.html").read_text()
+
+
+def test_predict_gives_the_combined_score_with_its_own_segment_model_only(
+    combined_run, seg_run, seg_phantoms, tmp_path, capsys
+):
+    model, seg = combined_run / "model.safetensors", seg_run / "model.safetensors"
+    films = sorted((seg_phantoms / "images").glob("*.png"))[:6]
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(model), *map(str, films), "--ctr-model", str(seg),
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert "combined    " in capsys.readouterr().out
+    rows = pd.read_csv(out)
+    combined = CombinedScore.from_metadata(read_metadata(model))
+    clf, measurer = Classifier.load(model), Measurer.load(seg)  # what predict ran, in Python
+    for film, row in zip(films, rows.itertuples(), strict=True):
+        measured = measurer.measure(film)
+        expected = combined.score(clf.predict(film).probability, measured.ctr, measured.view)
+        if expected is None:
+            assert pd.isna(row.combined) and pd.isna(row.combined_prediction)
+            continue
+        assert row.combined == pytest.approx(expected, abs=1e-6)
+        assert row.combined_prediction == int(expected >= combined.threshold)
+    assert rows["combined"].notna().any()
+    net, meta = load_segmenter(seg)  # the same weights in another file
+    other = tmp_path / "other.safetensors"
+    save_segmenter(other, net, {**meta, "created": "later"})
+    out2 = tmp_path / "p2.csv"
+    assert main(["predict", str(model), *map(str, films), "--ctr-model", str(other),
+                 "--out", str(out2)]) == 0  # fmt: skip
+    assert "calibrated with another segment model" in capsys.readouterr().out
+    assert "combined" not in pd.read_csv(out2).columns
+    assert main(["predict", str(model), str(films[0]), "--out", str(tmp_path / "p3.csv")]) == 0
+    assert "give --ctr-model" in capsys.readouterr().out
+
+
+def test_serve_answers_with_the_combined_score(combined_run, seg_run, seg_phantoms):
+    film = sorted((seg_phantoms / "images").glob("*.png"))[0]
+    app = create_app(combined_run / "model.safetensors", ctr_model=seg_run / "model.safetensors")
+    with fastapi_testclient.TestClient(app) as client:
+        body = client.post("/v1/predict", files={"file": ("f.png", film.read_bytes())}).json()
+    combined = CombinedScore.from_metadata(read_metadata(combined_run / "model.safetensors"))
+    measured = Measurer.load(seg_run / "model.safetensors").measure(film)
+    assert measured.ctr is not None
+    assert body["combined"]["threshold"] == pytest.approx(combined.threshold, abs=1e-6)
+    expected = combined.score(body["probability"], measured.ctr, measured.view)
+    assert body["combined"]["score"] == pytest.approx(expected, abs=1e-6)
+    assert body["combined"]["label"] == int(expected >= combined.threshold)

@@ -5,6 +5,7 @@ and given by ``predict`` and ``serve`` only with the segment model it was calibr
 from __future__ import annotations
 
 import json
+import shutil
 
 import fastapi.testclient as fastapi_testclient
 import numpy as np
@@ -182,3 +183,20 @@ def test_serve_answers_with_the_combined_score(combined_run, seg_run, seg_phanto
     expected = combined.score(body["probability"], measured.ctr, measured.view)
     assert body["combined"]["score"] == pytest.approx(expected, abs=1e-6)
     assert body["combined"]["label"] == int(expected >= combined.threshold)
+
+
+def test_a_finished_cross_validation_gains_the_score_without_training_again(
+    cv_run, seg_run, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(cv_run, run, ignore=shutil.ignore_patterns("*.onnx"))
+    before = {k: (run / f"fold{k}" / "model.safetensors").stat().st_mtime_ns for k in range(3)}
+    seg = seg_run / "model.safetensors"
+    assert main(["train", "--resume", str(run), "--ctr-model", str(seg)]) == 0
+    assert "combined    with the ratio: AUROC" in capsys.readouterr().out
+    for k in range(3):
+        assert (run / f"fold{k}" / "model.safetensors").stat().st_mtime_ns == before[k]
+    assert read_metadata(run / "model.safetensors")["combined"]["segment_model_sha256"] == (
+        model_sha256(seg)
+    )
+    assert f"ctr_model: {seg}" in (run / "config.yaml").read_text()  # a later resume keeps it

@@ -155,8 +155,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    if args.resume:
-        result = train(resume=args.resume)
+    if args.resume:  # with --ctr-model, a finished cross-validation gains the combined score
+        result = train(resume=args.resume, ctr_model=args.ctr_model)
     else:
         overrides = load_yaml(args.config) if args.config else {}
         for f in _train_fields():

@@ -85,8 +85,7 @@ def train_folds(
     folds = patient_folds(records, cfg.folds, cfg.split.seed)
     if ddp.main:
         check_writable(run_dir)
-        if not (run_dir / "config.yaml").is_file():
-            save_yaml(cfg, run_dir / "config.yaml")
+        save_yaml(cfg, run_dir / "config.yaml")  # as resolved (a resume may add ctr_model)
         _save_folds(records, folds, run_dir / "folds.csv")
     results = []
     for k in range(cfg.folds):

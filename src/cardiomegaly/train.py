@@ -79,6 +79,7 @@ def train(
     cfg: TrainConfig | None = None,
     out: str | Path | None = None,
     resume: str | Path | None = None,
+    ctr_model: str | Path | None = None,
 ) -> TrainResult | SegmentResult | CVResult:
     """Train a model as ``cfg`` says; write the run folder; evaluate the best model on test.
     ``cfg.task`` chooses the classifier (this module) or heart and lung segmentation
@@ -86,7 +87,9 @@ def train(
     and their ensemble (:mod:`cardiomegaly.crossval`).
 
     ``resume`` continues a killed run from its ``last.pt`` (with the configuration saved there)
-    and ends with the same weights as an uninterrupted run on the CPU.
+    and ends with the same weights as an uninterrupted run on the CPU. A cross-validation
+    resumed with ``ctr_model`` (a segment model) pools its folds again and adds the combined
+    score (:mod:`cardiomegaly.combine`) without training again what is finished.
     """
     if resume is None and cfg is None:
         raise UserError("give a TrainConfig, or resume= a run folder")
@@ -94,7 +97,10 @@ def train(
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir}: no config.yaml, so no run to resume; start a new one")
-        cfg = from_dict(TrainConfig, load_yaml(run_dir / "config.yaml"))
+        saved = load_yaml(run_dir / "config.yaml")
+        if ctr_model is not None:
+            saved["ctr_model"] = str(ctr_model)
+        cfg = from_dict(TrainConfig, saved)
     ddp = setup_distributed(cfg.device)
     try:
         if cfg.task == "segment":

@@ -200,3 +200,35 @@ def test_a_finished_cross_validation_gains_the_score_without_training_again(
         model_sha256(seg)
     )
     assert f"ctr_model: {seg}" in (run / "config.yaml").read_text()  # a later resume keeps it
+
+
+def test_evaluate_scores_the_combined_score_on_any_data(combined_run, seg_run, seg_phantoms,
+                                                        tmp_path, capsys):  # fmt: skip
+    model, seg = combined_run / "model.safetensors", seg_run / "model.safetensors"
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(model), "--data", str(seg_phantoms), "--split", "all",
+            "--ctr-model", str(seg), "--out", str(out), "--bootstrap", "200"]  # fmt: skip
+    assert main(argv) == 0
+    assert "combined    with the ratio: AUROC" in capsys.readouterr().out
+    table = pd.read_csv(out / "combined.csv")
+    combined = json.loads((out / "metrics.json").read_text())["combined"]
+    assert combined["images"] == table["ctr"].notna().sum()
+    assert combined["threshold"] == CombinedScore.from_metadata(read_metadata(model)).threshold
+    assert "come from the model file" in (out / "report.html").read_text()
+
+
+def test_evaluate_refuses_a_combined_score_it_cannot_give(
+    combined_run, tiny_run, seg_run, seg_phantoms, tmp_path, capsys
+):
+    seg = str(seg_run / "model.safetensors")
+    plain = ["evaluate", str(tiny_run / "model.safetensors"), "--data", str(seg_phantoms),
+             "--split", "all", "--ctr-model", seg, "--out", str(tmp_path / "a")]  # fmt: skip
+    assert main(plain) == 2
+    one_line_error(capsys.readouterr().err, "no combined score", "--ctr-model")
+    net, meta = load_segmenter(seg)
+    other = tmp_path / "other.safetensors"
+    save_segmenter(other, net, {**meta, "created": "later"})
+    wrong = ["evaluate", str(combined_run / "model.safetensors"), "--data", str(seg_phantoms),
+             "--split", "all", "--ctr-model", str(other), "--out", str(tmp_path / "b")]  # fmt: skip
+    assert main(wrong) == 2
+    one_line_error(capsys.readouterr().err, "another segment model")

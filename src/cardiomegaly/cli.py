@@ -179,16 +179,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"model       {result.model}  (ensemble of {len(result.folds)} fold models)")
         print(f"folds       {result.run_dir / 'fold0'} ... fold{len(result.folds) - 1}")
         _print_by_kind(result.oof)
-        combined = result.oof.get("combined")
-        if combined and "not_fitted" in combined:
-            print(f"combined    {combined['not_fitted']}")
-        elif combined:
-            auc = combined["auroc"]
-            print(f"combined    with the ratio: AUROC {_num(auc['value'])} (95 % CI "
-                  f"{_ci(auc['ci95'])}) on {combined['images']} measured films "
-                  f"({combined['not_measured']} not measured)")  # fmt: skip
-            _print_by_kind(combined)
-            print(f"            {result.run_dir / 'oof' / 'combined.csv'}")
+        if "combined" in result.oof:
+            _print_combined(result.oof["combined"], result.run_dir / "oof")
         print(f"report      {result.run_dir / 'oof' / 'report.html'}")
         return 0
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for all
@@ -214,6 +206,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "n_boot": args.bootstrap,
         "cache_dir": args.cache_dir,
     }
+    if args.ctr_model and (len(args.models) != 1 or _task_of(args.models[0]) != "classify"):
+        raise UserError("--ctr-model: give one classifier with a combined score to evaluate it")
     if len(args.models) == 1 and _task_of(args.models[0]) == "segment":
         return _evaluate_segmenter(args.models[0], _data(args), options)
     if len(args.models) == 2:
@@ -233,7 +227,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for note in m["notes"]:
             print(f"note        {note}")
     else:
-        result = evaluate(args.models[0], _data(args), **options)
+        result = evaluate(args.models[0], _data(args), ctr_model=args.ctr_model, **options)
         m = result.metrics
         print(
             f"records     {m['images']} images, {m['patients']} patients, "
@@ -258,6 +252,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"{name:<27} threshold {op['threshold']:.3f}  sensitivity {_num(sens)}  "
                 f"specificity {_num(spec)}"
             )
+        if "combined" in m:
+            _print_combined(m["combined"], result.folder)
         for warning in m["warnings"]:
             print(f"warning     {warning}")
     print(f"report      {result.folder / 'report.html'}")
@@ -567,6 +563,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_combined(combined: dict, folder: Path) -> None:
+    """The combined score's AUROC, overall and by kind of negative, or why there is none."""
+    if "not_fitted" in combined:
+        print(f"combined    {combined['not_fitted']}")
+        return
+    auc = combined["auroc"]
+    print(f"combined    with the ratio: AUROC {_num(auc['value'])} (95 % CI {_ci(auc['ci95'])}) "
+          f"on {combined['images']} measured films ({combined['not_measured']} not "
+          "measured)")  # fmt: skip
+    _print_by_kind(combined)
+    print(f"            {folder / 'combined.csv'}")
+
+
 def _print_by_kind(metrics: dict) -> None:
     """AUROC of the positives against each kind of negative (NIH's no finding, other findings)."""
     for name, g in metrics["subgroups"].get("positives vs", {}).items():
@@ -723,6 +732,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--cache-dir", help="preprocessing cache (default: user cache folder)")
+    p.add_argument(
+        "--ctr-model",
+        metavar="SEGMODEL",
+        help="also the combined score (its segment model)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="probabilities for image files, folders or globs")

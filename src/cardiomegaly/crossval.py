@@ -40,14 +40,9 @@ from .data.cache import seen_metadata
 from .data.records import Records, absolute_sources, load_records
 from .data.split import fold_split, patient_folds, save_splits
 from .errors import UserError
-from .evaluate.metrics import (
-    auroc,
-    choose_threshold,
-    operating_point,
-    patient_bootstrap,
-    percentile_interval,
-)
-from .evaluate.report import assess, write_report
+from .evaluate.combined import assess_combined, measure_records
+from .evaluate.metrics import choose_threshold, operating_point
+from .evaluate.report import write_report
 from .export import export_beside
 from .fileio import atomic_open
 from .model import Ensemble, load_model, read_metadata, save_model
@@ -79,8 +74,10 @@ def train_folds(
     run_dir = Path(resume) if resume else run_folder(out, ddp)
     cfg = dataclasses.replace(cfg, data=absolute_sources(cfg.data))
     if cfg.ctr_model:  # a wrong file fails now, not after hours of training
+        from .segment.measure import Measurer
+
         cfg = dataclasses.replace(cfg, ctr_model=os.path.abspath(cfg.ctr_model))
-        _measurer(cfg)
+        Measurer.load(cfg.ctr_model, device=cfg.device)
     records = load_records(cfg.data, cfg.data_config)
     folds = patient_folds(records, cfg.folds, cfg.split.seed)
     if ddp.main:
@@ -188,27 +185,13 @@ def _pool(cfg: TrainConfig, records: Records, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-def _measurer(cfg: TrainConfig):
-    from .segment.measure import Measurer
-
-    return Measurer.load(cfg.ctr_model, device=cfg.device)
-
-
 def _combine(
     cfg: TrainConfig, scored: pd.DataFrame, folder: Path
 ) -> tuple[CombinedScore | None, dict[str, Any]]:
     """Measure every film with the segment model, fit the combined score on the out-of-fold
     probabilities (views from the records), and assess it on the films with a ratio."""
-    measurer = _measurer(cfg)
-    measured = list(measurer.measure_many(scored["path"], 8, progress=True, total=len(scored)))
-    frame = scored.assign(
-        ctr=[np.nan if m.ctr is None else m.ctr for m in measured],
-        ctr_quality=[m.error or (m.measurement.quality if m.measurement else "")
-                     for m in measured],
-    )  # fmt: skip
-    view = frame["view"].fillna("").astype(str) if "view" in frame else pd.Series("", frame.index)
-    ok = frame["ctr"].notna().to_numpy()
-    part = frame[ok]
+    frame = measure_records(scored, cfg.ctr_model, cfg.device)
+    part = frame[frame["ctr"].notna()]
     if part["label"].nunique() < 2:
         reason = (
             f"no combined score: {len(part)} of {len(frame)} films measured, "
@@ -216,37 +199,14 @@ def _combine(
         )
         log.warning("%s", reason)
         return None, {"not_fitted": reason, "segment_model": cfg.ctr_model}
-    rule = cfg.threshold_rule
+    rule, view = cfg.threshold_rule, part["view"].to_numpy()
     combined = CombinedScore.fit(
-        part["probability"].to_numpy(), part["ctr"].to_numpy(), view[ok].to_numpy(),
-        part["label"].to_numpy(), rule, model_sha256(cfg.ctr_model),
-        f"pooled out-of-fold predictions of {cfg.folds} folds ({int(ok.sum())} measured films)",
+        part["probability"].to_numpy(), part["ctr"].to_numpy(), view, part["label"].to_numpy(),
+        rule, model_sha256(cfg.ctr_model),
+        f"pooled out-of-fold predictions of {cfg.folds} folds ({len(part)} measured films)",
     )  # fmt: skip
-    frame["combined"] = combined.scores(frame["probability"], frame["ctr"], view.to_numpy())
-    folder.mkdir(parents=True, exist_ok=True)
-    keep = [c for c in ("path", "patient", "source", "view", "negative_kind", "fold") if c in frame]
-    with atomic_open(folder / "combined.csv", "w", encoding="utf-8", newline="") as f:
-        frame[[*keep, "label", "probability", "ctr", "ctr_quality", "combined"]].assign(
-            prediction=(frame["combined"] >= combined.threshold).astype(int).where(ok, None)
-        ).to_csv(f, index=False, float_format="%.6f")
-    scored_part = frame[ok].assign(probability=frame["combined"][ok])
-    result = assess(scored_part, {f"{rule} (combined threshold)": combined.threshold})
-    keys = ("images", "patients", "positives", "auroc", "operating_points", "subgroups", "warnings")
-    metrics = {k: result.metrics[k] for k in keys}
-    metrics["operating_point_nested"] = _nested_operating_point(part, view[ok].to_numpy(), rule)
-    metrics["parts_on_the_same_films"] = {
-        name: _auroc_ci(part, column) for name, column in
-        (("probability", "probability"), ("ratio", "ctr"))
-    }  # fmt: skip
-    metrics.update(
-        score=combined.to_metadata()["score"],
-        segment_model=cfg.ctr_model,
-        not_measured=int((~ok).sum()),
-        threshold=combined.threshold,
-        views=sorted(combined.references),
-    )
-    log.info("combined with the ratio: AUROC %.4f on %d measured films (%d not measured)",
-             metrics["auroc"]["value"] or np.nan, int(ok.sum()), int((~ok).sum()))  # fmt: skip
+    metrics = assess_combined(frame, combined, cfg.ctr_model, folder)
+    metrics["operating_point_nested"] = _nested_operating_point(part, view, rule)
     return combined, metrics
 
 
@@ -268,12 +228,6 @@ def _nested_operating_point(part: pd.DataFrame, view: np.ndarray, rule: str) -> 
         "note": "each fold's films at the threshold fitted on the other folds' films",
         "threshold": None,  # one per fold
     }
-
-
-def _auroc_ci(frame: pd.DataFrame, column: str, n_boot: int = 2000) -> dict[str, Any]:
-    y, s = frame["label"].to_numpy(), frame[column].to_numpy(dtype=float)
-    boot = patient_bootstrap(y, s, frame["patient"].astype(str).to_numpy(), n=n_boot, seed=0)
-    return {"value": auroc(y, s), "ci95": percentile_interval(boot.auroc)}
 
 
 def _ensemble_metadata(

@@ -189,33 +189,39 @@ def _calibration(metrics: dict[str, Any]) -> str:
 
 
 def _combined(combined: dict[str, Any] | None) -> str:
-    """``train --folds K --ctr-model``: the probability and the ratio as one score."""
+    """The probability and the ratio as one score (``train --folds K --ctr-model``, whose
+    out-of-fold films fitted it, or ``evaluate --ctr-model`` on other films)."""
     if not combined:
         return ""
     head = "<h2>Classifier and ratio combined</h2>"
     if "not_fitted" in combined:
         return head + f"<p>{esc(combined['not_fitted'])}</p>"
-    parts = combined["parts_on_the_same_films"]
+    parts, auc = combined["parts_on_the_same_films"], combined["auroc"]
     text = (
         f"<p>The score: the {esc(combined['score'])} (segment model "
         f"{esc(combined['segment_model'])}; references: {esc(', '.join(combined['views']))}). "
-        f"On the {combined['images']} "
-        f"measured films ({combined['not_measured']} not measured): AUROC "
-        f"<b>{_num(combined['auroc']['value'])}</b>{_ci(combined['auroc']['ci95'])}, against "
+        f"On the {combined['images']} measured films ({combined['not_measured']} not "
+        f"measured): AUROC <b>{_num(auc['value'])}</b>{_ci(auc['ci95'])}, against "
         f"{_num(parts['probability']['value'])}{_ci(parts['probability']['ci95'])} for the "
         f"probability and {_num(parts['ratio']['value'])}{_ci(parts['ratio']['ci95'])} for the "
-        "ratio alone. The references and the threshold were taken from these same films, so "
-        "the first operating point below is optimistic; the last decides each fold's films by "
-        "references and a threshold fitted on the other folds' films only.</p>"
+        "ratio alone. "
     )
+    if "operating_point_nested" in combined:  # the cross-validation that fitted the score
+        text += (
+            "The references and the threshold were taken from these same films, so the first "
+            "operating point below is optimistic; the last decides each fold's films by "
+            "references and a threshold fitted on the other folds' films only.</p>"
+        )
+    else:
+        chosen = esc(combined.get("threshold_chosen_on", ""))
+        text += f"References and threshold come from the model file ({chosen}).</p>"
     points = dict(combined["operating_points"])
     if "confusion" in combined.get("operating_point_nested", {}):
-        points["each fold at the threshold fitted on the other folds (honest)"] = {
-            **combined["operating_point_nested"],
-            "threshold": None,
-        }
+        points["each fold at the threshold fitted on the other folds (honest)"] = combined[
+            "operating_point_nested"
+        ]
     ops = _operating_points(
-        {"operating_points": points, "threshold_chosen_on": "pooled out-of-fold combined scores"}
+        {"operating_points": points, "threshold_chosen_on": combined.get("threshold_chosen_on")}
     )  # fmt: skip
     subgroups = _subgroups({"subgroups": combined["subgroups"]})
     return (

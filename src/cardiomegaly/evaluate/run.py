@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..artifacts import probabilities
+from ..combine import combined_for
 from ..data.cache import ImageCache, count_seen
 from ..data.dataset import XrayDataset
 from ..data.records import DataArg, data_label
@@ -26,6 +27,7 @@ from ..fileio import atomic_open, atomic_write_text, fresh_folder, next_run_fold
 from ..model import load_model, read_metadata
 from ..runtime import score_dataset, select_device
 from . import plots
+from .combined import assess_combined, measure_records
 from .html import render_comparison
 from .metrics import auroc, delong_test, patient_bootstrap, percentile_interval
 from .report import write_report
@@ -52,15 +54,30 @@ def evaluate(
     n_boot: int = 2000,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    ctr_model: str | Path | None = None,
 ) -> EvalResult:
     """Evaluate one model file on ``data`` (its ``split``) and write the evaluation folder.
 
     ``split``: test or val of the patient-wise split the model was trained with (read back from
     the run's ``splits.csv`` or redrawn from the seed in the model file), or all records.
+    ``ctr_model``: the segment model the classifier's combined score was calibrated with; the
+    score is then evaluated too (``combined.csv``, and a section of the report).
     """
     meta = read_metadata(model)
+    combined = None
+    if ctr_model is not None:
+        combined, why_not = combined_for(meta, ctr_model)
+        if combined is None:
+            raise UserError(why_not or (
+                f"{model}: carries no combined score; make one with 'train --folds K "
+                "--ctr-model SEGMODEL', or resume a finished cross-validation with --ctr-model"
+            ))  # fmt: skip
     scored, context = _scored_records(model, meta, data, split, batch_size, device, cache_dir)
     folder = out_folder(out)
+    if combined is not None:
+        frame = measure_records(scored, ctr_model, device)
+        context["combined"] = assess_combined(frame, combined, ctr_model, folder,
+                                              n_boot=n_boot, seed=seed)  # fmt: skip
     curves = Path(model).parent / "curves.png"
     metrics = write_report(
         folder,

@@ -1,0 +1,90 @@
+"""The combined score (:mod:`cardiomegaly.combine`) on scored records: every film measured by
+the segment model, scored, written to ``combined.csv`` and assessed like a probability on the
+films with a ratio, beside its two parts on the same films. Used by ``train --folds K
+--ctr-model`` (out-of-fold) and ``evaluate --ctr-model`` (any data)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..combine import CombinedScore
+from ..fileio import atomic_open
+from .metrics import auroc, patient_bootstrap, percentile_interval
+from .report import assess
+
+log = logging.getLogger(__name__)
+
+
+def measure_records(
+    scored: pd.DataFrame, segment_model: str | Path, device: str = "auto"
+) -> pd.DataFrame:
+    """``scored`` with each film's ratio (``ctr``, NaN when flagged or unreadable), the reason
+    (``ctr_quality``) and its ``view`` ("" when unknown)."""
+    from ..segment.measure import Measurer
+
+    measurer = Measurer.load(segment_model, device=device)
+    measured = list(measurer.measure_many(scored["path"], 8, progress=True, total=len(scored)))
+    view = scored["view"].fillna("").astype(str) if "view" in scored else ""
+    return scored.assign(
+        ctr=[np.nan if m.ctr is None else m.ctr for m in measured],
+        ctr_quality=[m.error or (m.measurement.quality if m.measurement else "")
+                     for m in measured],
+        view=view,
+    )  # fmt: skip
+
+
+def assess_combined(
+    frame: pd.DataFrame,
+    combined: CombinedScore,
+    segment_model: str | Path,
+    folder: Path,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score the measured ``frame`` (from :func:`measure_records`), write
+    ``folder/combined.csv`` and return the assessment (what metrics.json keeps as
+    ``combined``)."""
+    ok = frame["ctr"].notna().to_numpy()
+    frame = frame.assign(combined=combined.scores(frame["probability"], frame["ctr"],
+                                                  frame["view"].to_numpy()))  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = [c for c in ("path", "patient", "source", "view", "negative_kind", "fold") if c in frame]
+    with atomic_open(folder / "combined.csv", "w", encoding="utf-8", newline="") as f:
+        frame[[*keep, "label", "probability", "ctr", "ctr_quality", "combined"]].assign(
+            prediction=(frame["combined"] >= combined.threshold).astype(int).where(ok, None)
+        ).to_csv(f, index=False, float_format="%.6f")
+    part = frame[ok]
+    result = assess(part.assign(probability=part["combined"]),
+                    {f"{combined.rule} (combined threshold)": combined.threshold},
+                    n_boot=n_boot, seed=seed)  # fmt: skip
+    keys = ("images", "patients", "positives", "auroc", "operating_points", "subgroups", "warnings")
+    metrics = {k: result.metrics[k] for k in keys}
+    metrics["parts_on_the_same_films"] = {
+        name: _auroc_ci(part, column, n_boot, seed)
+        for name, column in (("probability", "probability"), ("ratio", "ctr"))
+    }
+    metrics.update(
+        score=combined.to_metadata()["score"],
+        segment_model=str(segment_model),
+        not_measured=int((~ok).sum()),
+        threshold=combined.threshold,
+        threshold_chosen_on=combined.chosen_on,
+        views=sorted(combined.references),
+    )
+    log.info("combined with the ratio: AUROC %.4f on %d measured films (%d not measured)",
+             metrics["auroc"]["value"] or np.nan, int(ok.sum()), int((~ok).sum()))  # fmt: skip
+    return metrics
+
+
+def _auroc_ci(frame: pd.DataFrame, column: str, n_boot: int, seed: int) -> dict[str, Any]:
+    y, s = frame["label"].to_numpy(), frame[column].to_numpy(dtype=float)
+    if y.min() == y.max():
+        return {"value": None, "ci95": None}
+    boot = patient_bootstrap(y, s, frame["patient"].astype(str).to_numpy(), n=n_boot, seed=seed)
+    return {"value": auroc(y, s), "ci95": percentile_interval(boot.auroc)}

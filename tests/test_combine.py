@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
 import fastapi.testclient as fastapi_testclient
+import highdicom as hd
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
+from PIL import Image
 
 from cardiomegaly import Classifier, train
 from cardiomegaly.artifacts import model_sha256
@@ -18,10 +22,11 @@ from cardiomegaly.cli import main
 from cardiomegaly.combine import ALL_VIEWS, MIN_VIEW_FILMS, CombinedScore
 from cardiomegaly.config import ConfigError
 from cardiomegaly.model import read_metadata
+from cardiomegaly.pacs.results import COMBINED_CODE
 from cardiomegaly.segment.measure import Measurer
 from cardiomegaly.segment.model import load_segmenter, save_segmenter
 from cardiomegaly.serve import create_app
-from makers import one_line_error, tiny_train_config
+from makers import one_line_error, tiny_train_config, write_study_film
 
 
 def _fit(probability, ctr, view, label, rule="youden") -> CombinedScore:
@@ -232,3 +237,23 @@ def test_evaluate_refuses_a_combined_score_it_cannot_give(
              "--split", "all", "--ctr-model", str(other), "--out", str(tmp_path / "b")]  # fmt: skip
     assert main(wrong) == 2
     one_line_error(capsys.readouterr().err, "another segment model")
+
+
+def test_the_dicom_sr_carries_the_combined_score(combined_run, seg_run, seg_phantoms, tmp_path):
+    png = sorted((seg_phantoms / "images").glob("*.png"))[1]
+    film = write_study_film(tmp_path / "films" / "a.dcm", modality="DX", bits=8,
+                            pixels=np.asarray(Image.open(png).convert("L")))  # fmt: skip
+    out = tmp_path / "p.csv"
+    argv = ["predict", str(combined_run / "model.safetensors"), str(film), "--out", str(out),
+            "--dicom-out", str(tmp_path / "dicom"), "--ctr-model",
+            str(seg_run / "model.safetensors")]  # fmt: skip
+    assert main(argv) == 0
+    row = pd.read_csv(out).iloc[0]
+    assert not pd.isna(row["combined"])
+    (sr,) = [p for p in (tmp_path / "dicom").glob("*.dcm") if pydicom.dcmread(p).Modality == "SR"]
+    group = hd.sr.srread(sr).content.get_image_measurement_groups()[0]
+    (measurement,) = group.get_measurements(name=COMBINED_CODE)
+    assert measurement.value == pytest.approx(row["combined"], abs=1e-6)
+    if shutil.which("dciodvfy"):  # make test installs it when run as root
+        run = subprocess.run(["dciodvfy", "-new", str(sr)], capture_output=True, text=True)
+        assert not [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")]

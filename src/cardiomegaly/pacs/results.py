@@ -2,7 +2,8 @@
 
 - a Comprehensive 3D SR following TID 1500 (measurement report): the finding Cardiomegaly
   present or absent at the model's threshold, the probability and, when measured, the
-  cardiothoracic ratio as measurements, the algorithm (IHE AI Results: model name, version,
+  cardiothoracic ratio and the combined score (when the model file carries one) as measurements,
+  the algorithm (IHE AI Results: model name, version,
   model-file SHA-256), the source image referenced, ``VerificationFlag`` UNVERIFIED;
 - a Secondary Capture of the overlay (Grad-CAM, or the ratio's drawing) with a burned-in
   research-use line; uncompressed.
@@ -16,6 +17,7 @@ same film scored by the same model twice gives the same objects: a PACS keeps on
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +32,14 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from .. import __version__
+from ..combine import combined_for
 from ..data.images import sniff_format
 from ..errors import ImageError, UserError
 from ..fileio import atomic_open, sha256_of
 from ..predict import Classifier, Prediction
 from ..segment.overlay import BANNER, draw_measurement
+
+log = logging.getLogger(__name__)
 
 #: Every result says this, in its series description and burned into its pixels.
 RESEARCH_LINE = BANNER
@@ -44,6 +49,9 @@ SERIES_NUMBER = {"sr": 9101, "sc": 9102}
 
 _SCHEME = "99CARDIOMEGALY"  # private coding scheme for what no standard code names
 CTR_CODE = hd.sr.CodedConcept("CTR", _SCHEME, "Cardiothoracic ratio (transverse diameters)")
+COMBINED_CODE = hd.sr.CodedConcept(
+    "COMBINED", _SCHEME, "Combined score (classifier probability and cardiothoracic ratio)"
+)
 PROBABILITY_CODE = codes.DCM.Probability
 PRESENT, ABSENT = codes.SCT.Present, codes.SCT.Absent
 _CODING_SCHEMES = [
@@ -61,6 +69,8 @@ class Finding:
     probability: float
     threshold: float
     ctr: float | None = None
+    #: :meth:`cardiomegaly.combine.CombinedScore.answer`, when the model file carries one
+    combined: dict[str, Any] | None = None
 
     @property
     def present(self) -> bool:
@@ -103,14 +113,21 @@ def _algorithm_name(meta: dict[str, Any]) -> str:
     return f"cardiomegaly {arch.get('name', 'classifier')}{members}"
 
 
-def _algorithm(meta: dict[str, Any], model_sha256: str) -> hd.sr.AlgorithmIdentification:
+def _algorithm(
+    meta: dict[str, Any], model_sha256: str, combined: dict[str, Any] | None = None
+) -> hd.sr.AlgorithmIdentification:
+    """The classifier and its threshold; for the combined score, that score's threshold."""
+    threshold = meta["threshold"]
+    if combined is not None:
+        threshold = meta["combined"]["threshold"]
+    what = "combined score threshold" if combined is not None else "threshold"
     return hd.sr.AlgorithmIdentification(
         name=_algorithm_name(meta),
         version=__version__,
         parameters=[
             f"model file SHA-256 {model_sha256}",
-            f"threshold {meta['threshold']['value']:.4f} ({meta['threshold']['rule']}, chosen "
-            f"on {meta['threshold'].get('chosen_on', 'validation split')})",
+            f"{what} {threshold['value']:.4f} ({threshold['rule']}, chosen on "
+            f"{threshold.get('chosen_on', 'validation split')})",
         ],
         manufacturer=MANUFACTURER,
     )
@@ -132,6 +149,11 @@ def _sr(source: Dataset, finding: Finding, meta: dict, sha: str) -> hd.sr.Compre
     if finding.ctr is not None:
         measurements.append(hd.sr.Measurement(CTR_CODE, float(finding.ctr), codes.UCUM.Ratio,
                                               algorithm_id=algorithm))  # fmt: skip
+    if finding.combined and finding.combined["score"] is not None:
+        measurements.append(hd.sr.Measurement(
+            COMBINED_CODE, float(finding.combined["score"]), codes.UCUM.NoUnits,
+            algorithm_id=_algorithm(meta, sha, finding.combined),
+        ))  # fmt: skip
     evaluation = hd.sr.QualitativeEvaluation(
         codes.SCT.Cardiomegaly, PRESENT if finding.present else ABSENT
     )
@@ -236,6 +258,11 @@ class ResultWriter:
     def __init__(self, model: str | Path, clf: Classifier, measurer=None, device: str = "auto"):
         self.clf, self.measurer = clf, measurer
         self.sha256 = sha256_of(model)
+        self.combined = None
+        if measurer is not None and measurer.path is not None:
+            self.combined, why_not = combined_for(clf.meta, measurer.path)
+            if why_not:
+                log.warning("%s", why_not)
         # Grad-CAM needs PyTorch's gradients; loaded only when no ratio drawing replaces it.
         self._cam = clf if clf.backend == "torch" else None
         self._model, self._device = model, device
@@ -246,15 +273,18 @@ class ResultWriter:
         header = dicom_header(path)
         if header is None:
             raise ImageError(f"{path}: not DICOM, so there is no study to add results to")
-        ctr, picture = None, None
+        finding = Finding(float(prediction.probability), float(prediction.threshold))
         if self.measurer is not None:
             measured = self.measurer.measure(path)
-            ctr = measured.ctr
+            finding.ctr = measured.ctr
+            if self.combined is not None:
+                finding.combined = self.combined.answer(
+                    finding.probability, measured.ctr, measured.view
+                )
             picture = draw_measurement(measured.image, measured.masks, measured.measurement,
                                        measured.view)  # fmt: skip
         else:
             picture = self._grad_cam(path, prediction)
-        finding = Finding(float(prediction.probability), float(prediction.threshold), ctr)
         try:
             return list(dicom_results(header, finding, picture, self.clf.meta, self.sha256))
         except UserError as exc:

@@ -100,9 +100,15 @@ class Measurer:
     PyTorch, or on ONNX Runtime (``session``) as the classifier does on a CPU."""
 
     def __init__(
-        self, model: SegNet | None, meta: dict[str, Any], device: str = "auto", session=None
+        self,
+        model: SegNet | None,
+        meta: dict[str, Any],
+        device: str = "auto",
+        session=None,
+        path: str | Path | None = None,
     ) -> None:
         self.model, self.meta, self.session = model, meta, session
+        self.path = path  # the file it was loaded from (a combined score names its model)
         self.device = None
         if model is not None:
             self.device = select_device(device)
@@ -125,11 +131,11 @@ class Measurer:
         session, meta = onnx_backend(path, device, backend)
         if session is not None:
             require_task(meta, "segment", path)
-            return cls(None, meta, device, session)
+            return cls(None, meta, device, session, path)
         from .model import load_segmenter
 
         model, meta = load_segmenter(path)
-        return cls(model, meta, device)
+        return cls(model, meta, device, path=path)
 
     def masks(self, images: np.ndarray) -> np.ndarray:
         """Boolean masks (B, 3, S, S) for preprocessed films (B, S, S)."""

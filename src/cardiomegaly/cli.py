@@ -374,8 +374,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         given = [a for a in answers if a and a["score"] is not None]
         threshold = combined.threshold
         print(f"combined    {len(given)} films scored, {sum(a['label'] for a in given)} at or "
-              f"above {threshold:.3f} (probability and ratio ranked within each view, threshold "
-              f"chosen on {combined.chosen_on})")  # fmt: skip
+              f"above {threshold:.3f} (ranks within the film's view, or among all films when it is "
+              f"unknown; threshold chosen on {combined.chosen_on})")  # fmt: skip
     if why_not:
         print(f"combined    {why_not}")
     print(f"predictions {out}")

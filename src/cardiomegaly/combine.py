@@ -5,10 +5,11 @@ among the out-of-fold probabilities, the ratio among the measured ratios), and t
 mean of the two percentiles: no fitted weight, and a view-aware score, since an AP film
 magnifies the heart and ranks it against other AP films. ``train --folds K --ctr-model SEGMODEL``
 keeps the reference values of each view and a threshold chosen on the pooled out-of-fold scores
-in the ensemble file; ``predict``, ``serve`` and the DICOM node give the score when they are
-handed the same segment model.
+in the ensemble file; ``predict``, ``evaluate``, ``serve`` and the DICOM results give the score
+when they are handed the same segment model.
 
-On the NIH cross-validation the merged score beat both of its parts (README, results table).
+On the NIH cross-validation the score's AUROC was above both of its parts', with overlapping
+intervals (README, results table).
 
 >>> c = CombinedScore.fit(np.array([.1, .2, .8, .9]), np.array([.40, .45, .55, .60]),
 ...                       np.array(["PA"] * 4), np.array([0, 0, 1, 1]), "youden", "sha", "oof")

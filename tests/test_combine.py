@@ -26,12 +26,20 @@ from cardiomegaly.pacs.results import COMBINED_CODE
 from cardiomegaly.segment.measure import Measurer
 from cardiomegaly.segment.model import load_segmenter, save_segmenter
 from cardiomegaly.serve import create_app
-from makers import one_line_error, tiny_train_config, write_study_film
+from makers import one_line_error, tiny_train_config, write_nih, write_study_film
 
 
 def _fit(probability, ctr, view, label, rule="youden") -> CombinedScore:
     return CombinedScore.fit(np.asarray(probability), np.asarray(ctr), np.asarray(view),
                              np.asarray(label), rule, "sha", "test data")  # fmt: skip
+
+
+def _another_file_of(segment_model, folder):
+    """The same weights saved again: another file, so another segment model to the score."""
+    net, meta = load_segmenter(segment_model)
+    other = folder / "other.safetensors"
+    save_segmenter(other, net, {**meta, "created": "later"})
+    return other
 
 
 def test_the_score_is_the_mean_of_the_two_percentiles_within_the_view():
@@ -164,9 +172,7 @@ def test_predict_gives_the_combined_score_with_its_own_segment_model_only(
         assert row.combined == pytest.approx(expected, abs=1e-6)
         assert row.combined_prediction == int(expected >= combined.threshold)
     assert rows["combined"].notna().any()
-    net, meta = load_segmenter(seg)  # the same weights in another file
-    other = tmp_path / "other.safetensors"
-    save_segmenter(other, net, {**meta, "created": "later"})
+    other = _another_file_of(seg, tmp_path)
     out2 = tmp_path / "p2.csv"
     assert main(["predict", str(model), *map(str, films), "--ctr-model", str(other),
                  "--out", str(out2)]) == 0  # fmt: skip
@@ -230,9 +236,7 @@ def test_evaluate_refuses_a_combined_score_it_cannot_give(
              "--split", "all", "--ctr-model", seg, "--out", str(tmp_path / "a")]  # fmt: skip
     assert main(plain) == 2
     one_line_error(capsys.readouterr().err, "no combined score", "--ctr-model")
-    net, meta = load_segmenter(seg)
-    other = tmp_path / "other.safetensors"
-    save_segmenter(other, net, {**meta, "created": "later"})
+    other = _another_file_of(seg, tmp_path)
     wrong = ["evaluate", str(combined_run / "model.safetensors"), "--data", str(seg_phantoms),
              "--split", "all", "--ctr-model", str(other), "--out", str(tmp_path / "b")]  # fmt: skip
     assert main(wrong) == 2
@@ -257,3 +261,16 @@ def test_the_dicom_sr_carries_the_combined_score(combined_run, seg_run, seg_phan
     if shutil.which("dciodvfy"):  # make test installs it when run as root
         run = subprocess.run(["dciodvfy", "-new", str(sr)], capture_output=True, text=True)
         assert not [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")]
+
+
+def test_evaluate_says_so_when_no_film_can_be_measured(combined_run, seg_run, tmp_path, capsys):
+    rows = [(f"{p:08d}_000.png", "Cardiomegaly" if p % 2 else "No Finding", str(p), "PA")
+            for p in range(1, 7)]  # fmt: skip
+    data = write_nih(tmp_path / "nih", rows)  # flat grey gradients: no heart, no lungs
+    out = tmp_path / "eval"
+    seg = str(seg_run / "model.safetensors")
+    argv = ["evaluate", str(combined_run / "model.safetensors"), "--data", str(data), "--split",
+            "all", "--ctr-model", seg, "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "none of the 6 films could be measured" in capsys.readouterr().out
+    assert "none of the 6 films" in (out / "report.html").read_text()

@@ -49,8 +49,12 @@ def assess_combined(
 ) -> dict[str, Any]:
     """Score the measured ``frame`` (from :func:`measure_records`), write
     ``folder/combined.csv`` and return the assessment (what metrics.json keeps as
-    ``combined``)."""
+    ``combined``), or why there is none."""
     ok = frame["ctr"].notna().to_numpy()
+    if not ok.any():
+        reason = f"no combined score: none of the {len(frame)} films could be measured"
+        log.warning("%s", reason)
+        return {"not_fitted": reason, "segment_model": str(segment_model)}
     frame = frame.assign(combined=combined.scores(frame["probability"], frame["ctr"],
                                                   frame["view"].to_numpy()))  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,7 @@ def _discrimination(metrics: dict[str, Any]) -> str:
     )
 
 
-def _operating_points(metrics: dict[str, Any]) -> str:
+def _operating_points(metrics: dict[str, Any], heading: str = "h2", prefix: str = "") -> str:
     header = ["operating point", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1",
               "accuracy", "TP / FP / TN / FN"]  # fmt: skip
     keys = ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")
@@ -168,9 +168,8 @@ def _operating_points(metrics: dict[str, Any]) -> str:
             + [f"{c['tp']} / {c['fp']} / {c['tn']} / {c['fn']}"]
         )
     chosen = metrics.get("threshold_chosen_on") or "validation split"
-    return f"<h2>Operating points (thresholds chosen on the {esc(chosen)})</h2>" + table(
-        header, rows
-    )
+    title = f"{prefix}Operating points (thresholds chosen on the {esc(chosen)})"
+    return f"<{heading}>{title}</{heading}>" + table(header, rows)
 
 
 def _calibration(metrics: dict[str, Any]) -> str:
@@ -221,17 +220,13 @@ def _combined(combined: dict[str, Any] | None) -> str:
             "operating_point_nested"
         ]
     ops = _operating_points(
-        {"operating_points": points, "threshold_chosen_on": combined.get("threshold_chosen_on")}
+        {"operating_points": points, "threshold_chosen_on": combined.get("threshold_chosen_on")},
+        "h3", "Combined score: ",
     )  # fmt: skip
-    subgroups = _subgroups({"subgroups": combined["subgroups"]})
-    return (
-        head
-        + text
-        + (ops + subgroups).replace("<h2>", "<h3>Combined score: ").replace("</h2>", "</h3>")
-    )
+    return head + text + ops + _subgroups(combined, "h3", "Combined score: ")
 
 
-def _subgroups(metrics: dict[str, Any]) -> str:
+def _subgroups(metrics: dict[str, Any], heading: str = "h2", prefix: str = "") -> str:
     rows = [
         [esc(f"{column} {name}"), str(g["images"]), str(g["patients"]), str(g["positives"]),
          _num(g["auroc"]) + _ci(g["ci95"]), esc(g.get("warning", ""))]
@@ -247,7 +242,7 @@ def _subgroups(metrics: dict[str, Any]) -> str:
                 "one kind: healthy films (no finding), or films sick for another reason. A model "
                 "that tells the healthy films apart by their era, scanner or markers rather than "
                 "by the heart scores well on the first and not on the second.</p>")  # fmt: skip
-    return "<h2>Subgroups</h2>" + table(header, rows) + note
+    return f"<{heading}>{prefix}Subgroups</{heading}>" + table(header, rows) + note
 
 
 def figures_section(figures: dict[str, Path], captions: dict[str, str]) -> str:

@@ -114,13 +114,13 @@ def _algorithm_name(meta: dict[str, Any]) -> str:
 
 
 def _algorithm(
-    meta: dict[str, Any], model_sha256: str, combined: dict[str, Any] | None = None
+    meta: dict[str, Any],
+    model_sha256: str,
+    threshold: dict[str, Any] | None = None,
+    what: str = "threshold",
 ) -> hd.sr.AlgorithmIdentification:
-    """The classifier and its threshold; for the combined score, that score's threshold."""
-    threshold = meta["threshold"]
-    if combined is not None:
-        threshold = meta["combined"]["threshold"]
-    what = "combined score threshold" if combined is not None else "threshold"
+    """The classifier, and ``threshold`` (the probability's unless given) named ``what``."""
+    threshold = threshold or meta["threshold"]
     return hd.sr.AlgorithmIdentification(
         name=_algorithm_name(meta),
         version=__version__,
@@ -152,7 +152,8 @@ def _sr(source: Dataset, finding: Finding, meta: dict, sha: str) -> hd.sr.Compre
     if finding.combined and finding.combined["score"] is not None:
         measurements.append(hd.sr.Measurement(
             COMBINED_CODE, float(finding.combined["score"]), codes.UCUM.NoUnits,
-            algorithm_id=_algorithm(meta, sha, finding.combined),
+            algorithm_id=_algorithm(meta, sha, meta["combined"]["threshold"],
+                                    "combined score threshold"),
         ))  # fmt: skip
     evaluation = hd.sr.QualitativeEvaluation(
         codes.SCT.Cardiomegaly, PRESENT if finding.present else ABSENT

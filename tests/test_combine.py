@@ -194,6 +194,14 @@ def test_serve_answers_with_the_combined_score(combined_run, seg_run, seg_phanto
     expected = combined.score(body["probability"], measured.ctr, measured.view)
     assert body["combined"]["score"] == pytest.approx(expected, abs=1e-6)
     assert body["combined"]["label"] == int(expected >= combined.threshold)
+    with fastapi_testclient.TestClient(app) as client:  # a PNG film told to be AP
+        body = client.post("/v1/predict?view=AP", files={"file": ("f.png", film.read_bytes())})
+    answer = body.json()["combined"]
+    assert body.json()["ctr"]["view"] == "AP"
+    assert answer["ranked_among"] == combined.reference_view("AP")
+    assert answer["score"] == pytest.approx(
+        combined.score(body.json()["probability"], measured.ctr, "AP"), abs=1e-6
+    )
 
 
 def test_a_finished_cross_validation_gains_the_score_without_training_again(

@@ -17,10 +17,10 @@ from cardiomegaly.data.records import load_records
 from cardiomegaly.data.sources.masks import read_mask, reference_ctr
 from cardiomegaly.errors import UserError
 from cardiomegaly.model import load_model, read_metadata
-from cardiomegaly.segment.ctr import MASK_CLASSES
+from cardiomegaly.segment.ctr import AP_NOTE, MASK_CLASSES
 from cardiomegaly.segment.measure import Measurer
 from cardiomegaly.segment.model import load_segmenter
-from makers import gradient, one_line_error
+from makers import gradient, one_line_error, write_dicom
 
 JSRT = Path(__file__).resolve().parents[2] / "shared" / "data" / "jsrt-ctr"
 
@@ -216,10 +216,32 @@ def test_measure_in_python_answers_as_the_command_does(seg_run, seg_phantoms):
     assert many[1].ctr is None and "not found" in many[1].error
 
 
+def test_a_view_given_for_films_that_record_none_is_read_as_theirs(
+    seg_run, seg_phantoms, tmp_path, capsys
+):
+    measurer = Measurer.load(seg_run / "model.safetensors")
+    film = sorted((seg_phantoms / "images").glob("*.png"))[0]
+    pa_dicom = write_dicom(tmp_path / "pa.dcm", view="PA")
+    assert measurer.measure(film).view == ""
+    assert measurer.measure(film, view="AP").view == "AP"
+    assert measurer.measure(pa_dicom, view="AP").view == "PA"  # the file's own view wins
+    out = tmp_path / "ctr.csv"
+    argv = ["measure", str(seg_run / "model.safetensors"), str(film), str(pa_dicom)]
+    assert main([*argv, "--view", "AP", "--out", str(out)]) == 0
+    rows = pd.read_csv(out, keep_default_na=False)
+    assert list(rows["view"]) == ["AP", "PA"]
+    assert rows.loc[0, "note"] == AP_NOTE and rows.loc[0, "quality"] == "ok"
+    assert "AP films magnify the heart" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
         (["measure", "CLASSIFIER", "FILM", "--out", "OUT.csv"], "a classification model"),
+        (
+            ["predict", "CLASSIFIER", "FILM", "--view", "AP", "--out", "OUT.csv"],
+            "--view needs --ctr-model",
+        ),
         (["measure", "SEGMENTER", "FILM", "--out", "OUT.txt"], "give a .csv or .json"),
         (["measure", "SEGMENTER", "NOWHERE/*.png", "--out", "OUT.csv"], "no image files"),
         (["predict", "SEGMENTER", "FILM", "--out", "OUT.csv"], "a segmentation model"),
@@ -426,6 +448,11 @@ def test_serve_with_a_ctr_model_answers_the_ratio_and_its_drawing(seg_run, tiny_
         assert body["ctr"]["quality"] == "ok" and "ctr_png_base64" not in body
         drawn = client.post("/v1/predict?cam=1", files=files).json()
         assert drawn["ctr_png_base64"] and drawn["cam_png_base64"]
+        assert body["ctr"]["view"] == "" and body["ctr"]["note"] == ""
+        as_ap = client.post("/v1/predict?view=AP", files=files).json()["ctr"]
+        assert as_ap["view"] == "AP" and as_ap["note"] == AP_NOTE
+        refused = client.post("/v1/predict?view=LATERAL", files=files)
+        assert refused.status_code == 422 and "PA or AP" in refused.json()["detail"]
         assert client.get("/v1/model").json()["ctr_model"]["name"] == "model.safetensors"
         assert "Cardiothoracic ratio" in client.get("/").text
 

@@ -298,6 +298,10 @@ def _evaluate_segmenter(model: str, data: str, options: dict) -> int:
 
 BACKENDS = {"onnx": "ONNX Runtime", "torch": "PyTorch"}
 CTR_MODEL_HELP = "a segment model: the cardiothoracic ratio beside the probability"
+VIEW_HELP = (
+    "the view of films whose file records none (PNG, JPEG): the ratio's AP note and the "
+    "combined score's ranking within the view; DICOM films keep their ViewPosition"
+)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -317,6 +321,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"no image files found in {' '.join(args.paths)}")
     if args.dicom_out:
         fresh_folder(args.dicom_out)  # new or empty: nothing of the user's is overwritten
+    if args.view and not args.ctr_model:
+        raise UserError("--view needs --ctr-model: it is the view the ratio and the combined "
+                        "score are read in")  # fmt: skip
     clf = Classifier.load(args.model, device=args.device, backend=args.backend)
     measurer = None
     if args.ctr_model:  # loaded before the long part, so that a wrong file fails at once
@@ -331,9 +338,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if measurer is not None:
         from .combine import combined_for
 
-        measured = list(
-            measurer.measure_many(paths, args.batch_size, progress=True, total=len(paths))
-        )
+        measured = list(measurer.measure_many(paths, args.batch_size, progress=True,
+                                              total=len(paths), view=args.view or ""))  # fmt: skip
         ratios = [m.summary() if m.error is None else None for m in measured]
         combined, why_not = combined_for(clf.meta, args.ctr_model)
         if combined is not None:
@@ -422,7 +428,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     measurer = Measurer.load(args.model, device=args.device)
     overlays = fresh_folder(args.overlays) if args.overlays else None
     results, names = [], set()
-    for m in measurer.measure_many(paths, args.batch_size, progress=True, total=len(paths)):
+    films = measurer.measure_many(paths, args.batch_size, progress=True, total=len(paths),
+                                  view=args.view or "")  # fmt: skip
+    for m in films:
         if overlays is not None and m.error is None:
             stem = Path(m.path).stem
             name = stem if stem not in names else f"{stem}-{len(names)}"
@@ -755,6 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cam", metavar="DIR", help="also write Grad-CAM overlays into this new folder")
     p.add_argument("--ctr-model", metavar="SEGMODEL", help=CTR_MODEL_HELP)
+    p.add_argument("--view", choices=["PA", "AP"], help=VIEW_HELP)
     p.add_argument(
         "--dicom-out",
         metavar="DIR",
@@ -770,6 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overlays", metavar="DIR", help="also draw each measurement into this new folder"
     )
+    p.add_argument("--view", choices=["PA", "AP"], help=VIEW_HELP)
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=cmd_measure)

@@ -148,14 +148,15 @@ class Measurer:
 
         return predict_masks(self.model, torch.from_numpy(x), self.device)
 
-    def measure(self, film: str | Path | bytes) -> FilmMeasurement:
+    def measure(self, film: str | Path | bytes, view: str = "") -> FilmMeasurement:
         """One film's masks and ratio: a path, or a file's bytes (an upload, decoded in memory).
-        An unreadable film raises ImageError."""
+        ``view`` (PA or AP) is the film's view when its file records none (PNG, JPEG); a DICOM
+        film's own ViewPosition wins. An unreadable film raises ImageError."""
         name = None if isinstance(film, bytes) else str(film)
         stored, image_meta = prepare_file_with_meta(
             film, self.image_size, self.resize, name=None if name else "upload"
         )
-        return self._measure_batch([(name, to_float(stored), image_meta.view or "")])[0]
+        return self._measure_batch([(name, to_float(stored), image_meta.view or view)])[0]
 
     def measure_many(
         self,
@@ -163,8 +164,10 @@ class Measurer:
         batch_size: int = 8,
         progress: bool = False,
         total: int | None = None,
+        view: str = "",
     ) -> Iterator[FilmMeasurement]:
-        """Measurements in input order; unreadable films carry ``error``."""
+        """Measurements in input order; unreadable films carry ``error``. ``view`` as for
+        :meth:`measure`."""
         it = iter(paths)
         bar = progress_bar(total=total, desc="measure", enabled=progress)
         while chunk := list(islice(it, batch_size)):
@@ -175,7 +178,7 @@ class Measurer:
                 except ImageError as exc:
                     results[i] = FilmMeasurement(str(path), None, error=str(exc))
                     continue
-                good.append((i, (str(path), to_float(stored), image_meta.view or "")))
+                good.append((i, (str(path), to_float(stored), image_meta.view or view)))
             for (i, _), measured in zip(
                 good, self._measure_batch([g for _, g in good]), strict=True
             ):

@@ -129,8 +129,18 @@ def create_app(
         return PAGE
 
     @app.post("/v1/predict", openapi_extra=UPLOAD_SCHEMA)
-    async def predict(request: Request, cam: bool = Query(False, description="add Grad-CAM")):
+    async def predict(
+        request: Request,
+        cam: bool = Query(False, description="add Grad-CAM"),
+        view: str = Query(
+            "",
+            description="PA or AP: the view of a film whose file records "
+            "none (PNG, JPEG), for the ratio and the combined score",
+        ),
+    ):
         """One image in (multipart field ``file``), the probability and the label out."""
+        if view not in ("", "PA", "AP"):
+            raise HTTPException(422, f"view must be PA or AP, not {view[:20]!r}")
         data = await _read_upload(request, max_bytes)
         kind = sniff_format(data[:132], Path("upload"))
         if kind not in ACCEPTED:
@@ -144,6 +154,7 @@ def create_app(
                     data,
                     torch_classifier if cam else None,
                     measurer,
+                    view,
                     limiter=state["limiter"],
                     abandon_on_cancel=True,
                 )
@@ -173,7 +184,9 @@ def create_app(
                                                    measured.view)  # fmt: skip
             if cam:  # the drawing of the measurement, as the Grad-CAM one
                 body["ctr_png_base64"] = _png(
-                    draw_measurement(measured.image, measured.masks, measured.measurement)
+                    draw_measurement(
+                        measured.image, measured.masks, measured.measurement, measured.view
+                    )
                     if measured.measurement is not None
                     else None
                 )
@@ -183,12 +196,16 @@ def create_app(
 
 
 def _infer(
-    clf: Classifier, data: bytes, cam: Callable[[], Classifier] | None, measurer=None
+    clf: Classifier,
+    data: bytes,
+    cam: Callable[[], Classifier] | None,
+    measurer=None,
+    view: str = "",
 ) -> tuple[Prediction, str | None, Any]:
     image = clf.preprocess(data)
     p = float(clf.probabilities(image[None])[0])
     prediction = Prediction(None, p, int(p >= clf.threshold), clf.threshold)
-    measured = None if measurer is None else measurer.measure(data)
+    measured = None if measurer is None else measurer.measure(data, view)
     if cam is None:
         return prediction, None, measured
     from ..explain import heatmaps, overlay  # torch loads only when an overlay is asked for

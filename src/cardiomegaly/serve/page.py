@@ -34,6 +34,10 @@ stored. <a href="/v1/model">Model card</a> &middot; <a href="/docs">API</a></p>
          accept=".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom">
   <p>or drop it here</p>
 </div>
+<p id="view-choice" hidden><label for="view">View of a PNG or JPEG film, for the heart
+  measurement (a DICOM film says its own):</label>
+  <select id="view"><option value="">not known</option><option>PA</option><option>AP</option>
+  </select></p>
 <p id="error" role="alert"></p>
 <section id="result" aria-live="polite">
   <p id="verdict" style="font-size:1.3em"></p>
@@ -53,7 +57,9 @@ async function send(file) {
   document.getElementById("result").style.display = "block";
   const form = new FormData(); form.append("file", file);
   let response;
-  try { response = await fetch("/v1/predict?cam=1", {method: "POST", body: form}); }
+  const view = document.getElementById("view").value;
+  const url = "/v1/predict?cam=1" + (view ? "&view=" + view : "");
+  try { response = await fetch(url, {method: "POST", body: form}); }
   catch (e) { error.textContent = "The server cannot be reached."; return; }
   const body = await response.json();
   if (!response.ok) {
@@ -89,6 +95,9 @@ async function send(file) {
     }
   }
 }
+fetch("/v1/model").then(r => r.json()).then(card => {
+  if (card.ctr_model) document.getElementById("view-choice").hidden = false;
+}).catch(() => {});
 input.addEventListener("change", () => { if (input.files.length) send(input.files[0]); });
 drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));

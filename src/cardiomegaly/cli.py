@@ -308,6 +308,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Classifier, find_images, predict_files, write_predictions
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    if args.view and not args.ctr_model:
+        raise UserError("--view needs --ctr-model: it is the view the ratio and the combined "
+                        "score are read in")  # fmt: skip
     if args.out:
         out = Path(args.out)
         if out.suffix.lower() not in (".csv", ".json"):
@@ -321,9 +324,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"no image files found in {' '.join(args.paths)}")
     if args.dicom_out:
         fresh_folder(args.dicom_out)  # new or empty: nothing of the user's is overwritten
-    if args.view and not args.ctr_model:
-        raise UserError("--view needs --ctr-model: it is the view the ratio and the combined "
-                        "score are read in")  # fmt: skip
     clf = Classifier.load(args.model, device=args.device, backend=args.backend)
     measurer = None
     if args.ctr_model:  # loaded before the long part, so that a wrong file fails at once

@@ -225,6 +225,9 @@ def test_a_view_given_for_films_that_record_none_is_read_as_theirs(
     assert measurer.measure(film).view == ""
     assert measurer.measure(film, view="AP").view == "AP"
     assert measurer.measure(pa_dicom, view="AP").view == "PA"  # the file's own view wins
+    assert measurer.measure(film, view="ap").view == "AP"
+    with pytest.raises(UserError, match="give PA or AP"):
+        measurer.measure(film, view="LATERAL")
     out = tmp_path / "ctr.csv"
     argv = ["measure", str(seg_run / "model.safetensors"), str(film), str(pa_dicom)]
     assert main([*argv, "--view", "AP", "--out", str(out)]) == 0

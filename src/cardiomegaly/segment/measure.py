@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..artifacts import require_task
 from ..data.preprocess import prepare_file_with_meta, to_float
-from ..errors import ImageError
+from ..errors import ImageError, UserError
 from ..fileio import atomic_open, atomic_write_text
 from ..progress import progress_bar
 from ..runtime import onnx_backend, select_device
@@ -152,6 +152,7 @@ class Measurer:
         """One film's masks and ratio: a path, or a file's bytes (an upload, decoded in memory).
         ``view`` (PA or AP) is the film's view when its file records none (PNG, JPEG); a DICOM
         film's own ViewPosition wins. An unreadable film raises ImageError."""
+        view = _given_view(view)
         name = None if isinstance(film, bytes) else str(film)
         stored, image_meta = prepare_file_with_meta(
             film, self.image_size, self.resize, name=None if name else "upload"
@@ -168,6 +169,7 @@ class Measurer:
     ) -> Iterator[FilmMeasurement]:
         """Measurements in input order; unreadable films carry ``error``. ``view`` as for
         :meth:`measure`."""
+        view = _given_view(view)
         it = iter(paths)
         bar = progress_bar(total=total, desc="measure", enabled=progress)
         while chunk := list(islice(it, batch_size)):
@@ -197,6 +199,13 @@ class Measurer:
             m = measure_ctr(cleaned, clean=False)
             out.append(FilmMeasurement(path, m, view, None, image, cleaned))
         return out
+
+
+def _given_view(view: str) -> str:
+    """A view given for films that record none: PA, AP (any case), or "" for unknown."""
+    if view.upper() not in ("", "PA", "AP"):
+        raise UserError(f"view {view!r}: give PA or AP (or nothing when it is not known)")
+    return view.upper()
 
 
 def write_measurements(results: Sequence[FilmMeasurement], out: str | Path) -> None:

@@ -40,7 +40,7 @@ from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_i
 from cardiomegaly.model import ARCHS
 from cardiomegaly.segment.model import build_segmenter, load_segmenter
 
-#: name -> TrainConfig overrides, all from scratch (weights none).
+#: name -> TrainConfig overrides; weights none (from scratch) unless a candidate names them.
 CANDIDATES: dict[str, dict[str, Any]] = {
     "inception-299": {"arch": "inception_v3", "image_size": 299, "epochs": 30, "batch_size": 32},
     "inception-128": {"arch": "inception_v3", "image_size": 128, "epochs": 16, "batch_size": 32},

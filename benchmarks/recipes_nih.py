@@ -9,10 +9,9 @@ merged with a cardiothoracic ratio (``--ctr CSV``, from ``cardiomegaly measure``
 their ranks within each view (no fitted parameter), and scored with test-time augmentation
 (``--tta``: each fold model on its own test films in nine views, probabilities averaged).
 A candidate whose weights are "phantoms" starts from the demo preset's model, trained first.
-The ``unet-encoder`` candidates are a classifier the tool does not ship: the encoder half of the
-segment task's U-Net (global average pooling, one logit), registered here for the run. With
-``--seg-model SEGMODEL`` (a JSRT U-Net) its weights start from that model's encoder, passed to
-``train`` as a plain state-dict file like any other backbone weights.
+The ``unet-encoder`` candidates are the ``unet_encoder`` classifier: the encoder half of the
+segment task's U-Net (global average pooling, one logit); ``unet-encoder-256-seg-init`` is the
+``small-data`` preset, started from ``--seg-model SEGMODEL`` (a JSRT U-Net).
 
     python benchmarks/recipes_nih.py --data ../shared/data/nih-cxr-cardiomegaly \\
         --data ../shared/data/nih-cxr-other-findings --candidates resnet18-128 inception-128 \\
@@ -22,7 +21,6 @@ segment task's U-Net (global average pooling, one logit), registered here for th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import platform
@@ -37,8 +35,6 @@ import torch.nn.functional as F
 
 from cardiomegaly import Classifier, TrainConfig, train
 from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_interval
-from cardiomegaly.model import ARCHS
-from cardiomegaly.segment.model import build_segmenter, load_segmenter
 
 #: name -> TrainConfig overrides; weights none (from scratch) unless a candidate names them.
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -73,54 +69,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # the JSRT U-Net's encoder (1.3 M parameters) at its own 256 px, from random weights ...
     "unet-encoder-256": {"arch": "unet_encoder", "image_size": 256, "epochs": 16,
                          "batch_size": 32},
-    # ... and from the segment model's encoder: 3 epochs head only, then all at lr 1e-3
-    "unet-encoder-256-seg-init": {"arch": "unet_encoder", "image_size": 256, "epochs": 16,
-                                  "batch_size": 32, "weights": "segment", "unfreeze": ["all"],
-                                  "head_epochs": 3, "backbone_lr": 1e-3},
+    # ... and the small-data preset: from the segment model's encoder (--seg-model), 3 epochs
+    # head only, then all layers at lr 1e-3
+    "unet-encoder-256-seg-init": {"preset": "small-data", "weights": "segment"},
 }  # fmt: skip
-
-
-def _encoder_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
-    """The down path of MONAI's UNet (one block per level, then the bottom), in order."""
-    blocks, level = [unet.model[0]], unet.model[1].submodule
-    while isinstance(level, torch.nn.Sequential):
-        blocks.append(level[0])
-        level = level[1].submodule
-    return [*blocks, level]
-
-
-class _UNetEncoder(torch.nn.Module):
-    """The segment U-Net's encoder as a classifier: each film standardised by its own mean and
-    spread (as the U-Net sees it), the deepest features pooled, one logit."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        self.encoder = torch.nn.Sequential(*_encoder_blocks(build_segmenter("unet", width).net))
-        self.pool = torch.nn.AdaptiveAvgPool2d(1)
-        self.fc = torch.nn.Linear(width * 16, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :1]  # the tool replicates grey to 3 channels; the U-Net takes one
-        x = (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
-        return self.fc(torch.flatten(self.pool(self.encoder(x)), 1))
-
-
-# ResNet-50's registry entry with this network: the head is "fc." too, and its ImageNet weights
-# are never asked for (the candidates start from random weights or from the encoder file).
-ARCHS["unet_encoder"] = dataclasses.replace(
-    ARCHS["resnet50"], build=lambda aux: _UNetEncoder(), top_blocks=("encoder",),
-    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), cam_layers=("encoder.4", "encoder.3"),
-)  # fmt: skip
-
-
-def _encoder_weights(seg_model: str, out: Path) -> Path:
-    """The segment model's encoder as a state dict of the ``unet_encoder`` classifier (no head)."""
-    net, _ = load_segmenter(seg_model)
-    encoder = torch.nn.Sequential(*_encoder_blocks(net.net))
-    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out)
-    return out
 
 
 def _auroc_ci(frame: pd.DataFrame, score: str, n_boot: int = 2000) -> dict[str, Any]:
@@ -205,13 +157,14 @@ def main() -> None:
         run = out / name
         start = time.perf_counter()
         overrides = {"weights": "none", **CANDIDATES[name]}
+        preset = overrides.pop("preset", None)
         if overrides["weights"] == "phantoms":
             overrides["weights"] = str(_phantom_model(out / "phantoms"))
         if overrides["weights"] == "segment":
             if not args.seg_model:
                 parser.error(f"{name} needs --seg-model")
-            overrides["weights"] = str(_encoder_weights(args.seg_model, out / "unet-encoder.pt"))
-        config = TrainConfig.from_preset(None, data=args.data, folds=args.folds,
+            overrides["weights"] = args.seg_model
+        config = TrainConfig.from_preset(preset, data=args.data, folds=args.folds,
                                          export_onnx=False, **overrides)  # fmt: skip
         train(config, out=None if run.exists() else run, resume=run if run.exists() else None)
         minutes = (time.perf_counter() - start) / 60

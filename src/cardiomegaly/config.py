@@ -166,6 +166,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "patience": 12,
     },
+    # A classifier for a few hundred films without ImageNet weights: the segment model's U-Net
+    # encoder, started from that model (--weights SEGMODEL: trained on heart and lung masks, e.g.
+    # JSRT's), 3 epochs head only, then every layer at lr 1e-3 (benchmarks/recipes_nih.py).
+    "small-data": {
+        "arch": "unet_encoder",
+        "image_size": 256,
+        "epochs": 16,
+        "batch_size": 32,
+        "head_epochs": 3,
+        "unfreeze": ["all"],
+        "backbone_lr": 1e-3,
+    },
     # Heart and lung masks from scratch: a 16-channel U-Net at 256 px (the JSRT recipe).
     "segment": {
         "task": "segment",
@@ -240,8 +252,9 @@ class TrainConfig:
     cache_dir: str | None = _opt(None, "preprocessing cache (default: user cache folder)")
     preset: str | None = _opt(
         None,
-        "demo: phantoms, 128 px, 12 epochs; segment: U-Net, 256 px, 30 epochs (implied by "
-        "--task segment)",
+        "demo: phantoms, 128 px, 12 epochs; small-data: the U-Net encoder from a segment model "
+        "(--weights SEGMODEL), 256 px, 16 epochs; segment: U-Net, 256 px, 30 epochs (implied "
+        "by --task segment)",
         choices="presets",
     )
     augment: AugmentConfig = field(default_factory=AugmentConfig)

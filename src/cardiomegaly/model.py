@@ -31,6 +31,7 @@ from .artifacts import require_task
 from .config import CLASS_NAMES, PreprocessConfig
 from .errors import UserError
 from .fileio import FILE_MODE, sha256_of
+from .unet import UNetEncoder, encoder_state
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ TASKS = ("classify", "segment")
 _METADATA_KEY = "cardiomegaly"
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_ENCODER_WIDTH = 16  # the segment preset's U-Net
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -48,7 +50,7 @@ class Arch:
     """What the registry knows about one backbone."""
 
     build: Callable[[bool], nn.Module]  # aux_logits -> torchvision model (random weights)
-    weights: Any  # torchvision weights enum member for --weights imagenet
+    weights: Any  # torchvision weights enum member for --weights imagenet (None: there are none)
     head: tuple[str, ...]  # parameter-name prefixes of the head(s), trained from stage 1
     new: tuple[str, ...]  # prefixes of the layers we replace (never loaded from ImageNet)
     top_blocks: tuple[str, ...]  # unfrozen in stage 2 by default
@@ -85,6 +87,10 @@ def _resnet18(aux: bool) -> nn.Module:
     net = torchvision.models.resnet18(weights=None)
     net.fc = nn.Linear(net.fc.in_features, 1)
     return net
+
+
+def _unet_encoder(aux: bool) -> nn.Module:
+    return UNetEncoder(_ENCODER_WIDTH)
 
 
 ARCHS: dict[str, Arch] = {
@@ -125,6 +131,20 @@ ARCHS: dict[str, Arch] = {
 # A small network (11 M parameters, a fifth of ResNet-50's work) for few films from scratch.
 ARCHS["resnet18"] = dataclasses.replace(
     ARCHS["resnet50"], build=_resnet18, weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+)
+# The segment task's U-Net encoder (1.3 M parameters; the small-data preset): no ImageNet
+# weights, it starts from a segment model's encoder (--weights SEGMODEL). Each film is
+# standardised inside the network, so the mean and std here only pass grey through.
+ARCHS["unet_encoder"] = Arch(
+    _unet_encoder,
+    None,
+    head=("fc.",),
+    new=("fc.",),
+    top_blocks=("encoder",),
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    min_size=16,
+    cam_layers=("encoder.4", "encoder.3"),
 )
 
 
@@ -298,10 +318,18 @@ def load_weights(model: CardioNet, source: str) -> dict[str, Any]:
     name), any other state dict whose keys and shapes match the backbone, or one of our own
     ``model.safetensors`` files (fine-tuning a previous model, head included).
     """
-    if source == "none":
-        return {"source": "none"}
     spec = ARCHS[model.arch]
+    if source == "none":
+        if spec.weights is None:
+            log.warning("%s from random weights learnt little on the NIH sample; start it from "
+                        "a segment model (--weights SEGMODEL)", model.arch)  # fmt: skip
+        return {"source": "none"}
     if source == "imagenet":
+        if spec.weights is None:
+            raise UserError(
+                f"{model.arch} has no ImageNet weights; start it from a segment model (--weights "
+                "SEGMODEL, from cardiomegaly train --task segment) or from scratch (--weights none)"
+            )
         state = _download_imagenet(spec, model.arch)
         _load_backbone(model, state, f"torchvision {spec.weights}")
         return {"source": "imagenet", "torchvision_weights": str(spec.weights)}
@@ -311,6 +339,9 @@ def load_weights(model: CardioNet, source: str) -> dict[str, Any]:
     digest = sha256_of(path)
     if is_model_file(path):
         state, meta = load_state(path)
+        if meta.get("task") == "segment":
+            _load_segment_encoder(model, state, meta, path)
+            return {"source": "segment model", "file": path.name, "sha256": digest}
         if meta["architecture"]["name"] != model.arch:
             raise UserError(
                 f"{path}: a {meta['architecture']['name']} model, not {model.arch}; pass "
@@ -318,7 +349,8 @@ def load_weights(model: CardioNet, source: str) -> dict[str, Any]:
             )
         _load_exact(model.net, state, path)
         return {"source": "model file", "file": path.name, "sha256": digest}
-    published = Path(spec.weights.url).name  # e.g. inception_v3_google-0cc3c7bd.pth
+    # torchvision's file name, e.g. inception_v3_google-0cc3c7bd.pth
+    published = Path(spec.weights.url).name if spec.weights is not None else None
     if path.name == published:
         expected = published.rsplit("-", 1)[1].split(".")[0]
         if not digest.startswith(expected):
@@ -375,6 +407,21 @@ def _load_backbone(model: CardioNet, state: dict[str, torch.Tensor], where: str)
             f"{tuple(own[bad[0]].shape)}; not {model.arch} weights"
         )
     model.net.load_state_dict({**model.net.state_dict(), **{k: theirs[k] for k in own}})
+
+
+def _load_segment_encoder(
+    model: CardioNet, state: dict[str, torch.Tensor], meta: dict[str, Any], path: Path
+) -> None:
+    """A segment model's encoder into a ``unet_encoder`` classifier (its head stays new)."""
+    arch = meta["architecture"]
+    if model.arch != "unet_encoder":
+        raise UserError(f"{path}: a segment model; only --arch unet_encoder starts from one")
+    if arch["name"] != "unet" or int(arch.get("width", 16)) != _ENCODER_WIDTH:
+        raise UserError(
+            f"{path}: a {arch['name']} of width {arch.get('width')}; unet_encoder starts from a "
+            f"unet of width {_ENCODER_WIDTH} (the segment preset's)"
+        )
+    _load_backbone(model, encoder_state(state, _ENCODER_WIDTH), str(path))
 
 
 def _densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.networks.nets import BasicUNet, UNet
+from monai.networks.nets import BasicUNet
 from torch import nn
 
 from ..artifacts import require_task
 from ..errors import UserError
 from ..model import load_state, save_model
 from ..runtime import autocast, to_device
+from ..unet import monai_unet
 from .ctr import MASK_CLASSES
 
 #: Inputs must divide by this (four halvings).
@@ -32,15 +33,7 @@ SIZE_MULTIPLE = 16
 
 def _unet(width: int) -> nn.Module:
     """MONAI's UNet: residual units (two per level), strided convolutions, five levels."""
-    return UNet(
-        spatial_dims=2,
-        in_channels=1,
-        out_channels=len(MASK_CLASSES),
-        channels=tuple(width * 2**i for i in range(5)),
-        strides=(2, 2, 2, 2),
-        num_res_units=2,
-        norm="batch",
-    )
+    return monai_unet(width, len(MASK_CLASSES))
 
 
 def _basicunet(width: int) -> nn.Module:

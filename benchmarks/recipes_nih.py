@@ -153,6 +153,8 @@ def main() -> None:
     summary["torch"] = torch.__version__
     summary["data"] = args.data
     ctr = pd.read_csv(args.ctr)[["path", "ctr"]] if args.ctr else None
+    if ctr is not None:  # measure writes paths as given, the records resolved: match resolved
+        ctr["path"] = [str(Path(p).resolve()) for p in ctr["path"]]
     for name in args.candidates:
         run = out / name
         start = time.perf_counter()
@@ -176,6 +178,7 @@ def main() -> None:
             oof["tta"] = _tta(run, oof)
             entry["classifier_tta"] = _by_kind(oof, "tta")
         if ctr is not None:
+            oof["path"] = [str(Path(p).resolve()) for p in oof["path"]]
             both = oof.merge(ctr, on="path", how="inner")
             both = both[pd.to_numeric(both["ctr"], errors="coerce").notna()].copy()
             both["ctr"] = both["ctr"].astype(float)

@@ -41,8 +41,8 @@ TASKS = ("classify", "segment")
 _METADATA_KEY = "cardiomegaly"
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_ENCODER_WIDTH = 16  # the segment preset's U-Net
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+_ENCODER_WIDTH = 16  # unet_encoder's: the segment preset's U-Net
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,8 @@ def load_weights(model: CardioNet, source: str) -> dict[str, Any]:
 
     A file may be torchvision's own checkpoint (its SHA-256 must match the hash in its published
     name), any other state dict whose keys and shapes match the backbone, or one of our own
-    ``model.safetensors`` files (fine-tuning a previous model, head included).
+    ``model.safetensors`` files: a classifier's (fine-tuning a previous model, head included) or,
+    for ``unet_encoder``, a segment model's (its encoder; the head stays new).
     """
     spec = ARCHS[model.arch]
     if source == "none":

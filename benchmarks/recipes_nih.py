@@ -66,11 +66,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "resnet18-128-ema": {"arch": "resnet18", "image_size": 128, "epochs": 20, "batch_size": 32,
                          "lr": 1e-3, "ema": 0.99},
     "densenet121-128": {"arch": "densenet121", "image_size": 128, "epochs": 16, "batch_size": 32},
-    # the JSRT U-Net's encoder (1.3 M parameters) at its own 256 px, from random weights ...
-    "unet-encoder-256": {"arch": "unet_encoder", "image_size": 256, "epochs": 16,
-                         "batch_size": 32},
-    # ... and the small-data preset: from the segment model's encoder (--seg-model), 3 epochs
-    # head only, then all layers at lr 1e-3
+    # the small-data preset (the JSRT U-Net's encoder, 256 px, 16 epochs) from random weights,
+    # where all layers train from the start at lr 1e-3 ...
+    "unet-encoder-256": {"preset": "small-data"},
+    # ... and as meant: from the segment model's encoder (--seg-model), 3 epochs head only,
+    # then all layers at lr 1e-3
     "unet-encoder-256-seg-init": {"preset": "small-data", "weights": "segment"},
 }  # fmt: skip
 

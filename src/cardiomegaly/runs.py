@@ -1,5 +1,6 @@
 """What every training run shares, whatever its task: the run folder, disk-space and
-write checks, skipped films, DDP (one process or a ``torchrun`` rank), resumable checkpoints.
+write checks, skipped films, DDP (one process or a ``torchrun`` rank), the epoch's loader,
+resumable checkpoints.
 
 Below ``train`` (classify) and ``segment.train`` (segment).
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import UserError, first_line
 from .fileio import atomic_open, next_run_folder
@@ -176,3 +178,41 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """A resumable checkpoint (tensors and plain containers only), written atomically."""
     with atomic_open(path, "wb") as f:
         torch.save(payload, f)
+
+
+def train_loader(
+    ds: Dataset,
+    *,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    epoch: int,
+    ddp: Dist,
+    balanced_labels: list[int] | None = None,
+) -> DataLoader:
+    """One epoch's shuffled training batches, the same after a resume (seeded by ``seed`` and
+    ``epoch``); under torchrun each rank its share. ``balanced_labels`` (0/1 per item) draws
+    balanced batches instead, which torchrun does not support."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if ddp.world > 1:
+        if balanced_labels is not None:
+            raise UserError(
+                "--balanced-sampler is not supported with torchrun; use the loss weight"
+            )
+        sampler = torch.utils.data.DistributedSampler(ds, seed=seed, shuffle=True)
+        sampler.set_epoch(epoch)
+    elif balanced_labels is not None:
+        labels = torch.tensor(balanced_labels)
+        weights = torch.where(labels == 1, 0.5 / labels.sum(), 0.5 / (1 - labels).sum())
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(ds), generator=generator)
+    else:
+        sampler = torch.utils.data.RandomSampler(ds, generator=generator)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        generator=generator,
+        drop_last=len(ds) > batch_size,
+        pin_memory=ddp.device.type == "cuda",
+    )

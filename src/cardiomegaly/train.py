@@ -55,6 +55,7 @@ from .runs import (
     run_folder,
     save_checkpoint,
     setup_distributed,
+    train_loader,
     write_skipped,
 )
 from .runtime import autocast, score_dataset, to_device
@@ -448,29 +449,9 @@ def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
 
 
 def _train_loader(cfg: TrainConfig, ds: XrayDataset, ddp: Dist, epoch: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    if ddp.world > 1:
-        if cfg.balanced_sampler:
-            raise UserError(
-                "--balanced-sampler is not supported with torchrun; use the loss weight"
-            )
-        sampler = torch.utils.data.DistributedSampler(ds, seed=cfg.seed, shuffle=True)
-        sampler.set_epoch(epoch)
-    elif cfg.balanced_sampler:
-        labels = torch.tensor(ds.labels)
-        weights = torch.where(labels == 1, 0.5 / labels.sum(), 0.5 / (1 - labels).sum())
-        sampler = torch.utils.data.WeightedRandomSampler(weights, len(ds), generator=generator)
-    else:
-        sampler = torch.utils.data.RandomSampler(ds, generator=generator)
-    return DataLoader(
-        ds,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        generator=generator,
-        drop_last=len(ds) > cfg.batch_size,
-        pin_memory=ddp.device.type == "cuda",
-    )
+    labels = ds.labels if cfg.balanced_sampler else None
+    return train_loader(ds, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
+                        epoch=epoch, ddp=ddp, balanced_labels=labels)  # fmt: skip
 
 
 def _score(model, ds: XrayDataset, cfg: TrainConfig, ddp: Dist) -> torch.Tensor:

@@ -21,7 +21,6 @@ import torch
 import torchvision
 from monai.losses import DiceLoss
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..config import TrainConfig, save_yaml
@@ -46,6 +45,7 @@ from ..runs import (
     read_skipped,
     run_folder,
     save_checkpoint,
+    train_loader,
     write_skipped,
 )
 from ..runtime import autocast, to_device
@@ -124,7 +124,8 @@ def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> Segme
         if ddp.world > 1:
             net = nn.parallel.DistributedDataParallel(model)
         torch.manual_seed(cfg.seed * 100_003 + epoch)
-        loader = _loader(cfg, datasets["train"], ddp, epoch)
+        loader = train_loader(datasets["train"], batch_size=cfg.batch_size, workers=cfg.workers,
+                              seed=cfg.seed, epoch=epoch, ddp=ddp)  # fmt: skip
         start = time.perf_counter()
 
         # Train one epoch.
@@ -273,24 +274,6 @@ def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: Dist, resume):
         "val": MaskDataset(tables["val"], cache),
     }
     return records, tables, datasets
-
-
-def _loader(cfg: TrainConfig, ds: MaskDataset, ddp: Dist, epoch: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    if ddp.world > 1:
-        sampler = torch.utils.data.DistributedSampler(ds, seed=cfg.seed, shuffle=True)
-        sampler.set_epoch(epoch)
-    else:
-        sampler = torch.utils.data.RandomSampler(ds, generator=generator)
-    return DataLoader(
-        ds,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        generator=generator,
-        drop_last=len(ds) > cfg.batch_size,
-        pin_memory=ddp.device.type == "cuda",
-    )
 
 
 def _metadata(cfg, data_format, tables, state, preprocessing) -> dict[str, Any]:

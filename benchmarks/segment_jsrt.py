@@ -8,7 +8,9 @@ absolute error against the masks' ratio, with patient-bootstrap intervals, and C
 JSRT is one hospital's films. ``--judge DATA`` (given once or more) scores every fold model's
 ratio as a cardiomegaly score on labelled films of another hospital (NIH: never trained on):
 AUROC and how many films it flags, per fold model, so that a recipe that fits JSRT more closely
-at the cost of other hospitals shows it.
+at the cost of other hospitals shows it. ``--seed S`` trains the same folds again with another
+seed: how far one recipe's numbers move between trainings is the yardstick for a difference
+between recipes.
 
     python benchmarks/segment_jsrt.py --data ../shared/data/jsrt-ctr --archs unet basicunet \\
         --folds 5 --image-size 256 --epochs 30 --out runs/bench/segment \\
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the folds stay fixed)")
     parser.add_argument(
         "--augment",
         type=json.loads,
@@ -108,7 +111,8 @@ def main() -> None:
     fold_of = folds_for(records.table["patient"], args.folds, seed=0)
     summary = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                "data": args.data, "folds": args.folds, "image_size": args.image_size,
-               "epochs": args.epochs, "augment": args.augment, "judge": args.judge,
+               "epochs": args.epochs, "seed": args.seed, "augment": args.augment,
+               "judge": args.judge,
                "candidates": {}}  # fmt: skip
     for arch in args.archs:
         frames, minutes, judged = [], [], []
@@ -118,6 +122,7 @@ def main() -> None:
             config = TrainConfig.from_preset("segment", data=args.data, arch=arch,
                                              width=args.width, image_size=args.image_size,
                                              epochs=args.epochs, export_onnx=False,
+                                             seed=args.seed,
                                              augment=args.augment,
                                              split={"split_file": str(split_file)})  # fmt: skip
             start = time.perf_counter()

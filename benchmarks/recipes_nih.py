@@ -9,6 +9,9 @@ merged with a cardiothoracic ratio (``--ctr CSV``, from ``cardiomegaly measure``
 their ranks within each view (no fitted parameter), and scored with test-time augmentation
 (``--tta``: each fold model on its own test films in nine views, probabilities averaged).
 A candidate whose weights are "phantoms" starts from the demo preset's model, trained first.
+``--crop-thorax`` trains and scores every candidate on copies of the films cut to the thorax
+(``ThoraxCrop``: the square around the heart and lungs that ``--seg-model`` finds, widened by a
+tenth on each side; written once under ``OUT/thorax-crops``; no label is used to cut them).
 The ``unet-encoder`` candidates are the ``unet_encoder`` classifier: the encoder half of the
 segment task's U-Net (global average pooling, one logit); ``unet-encoder-256-seg-init`` is the
 ``small-data`` preset, started from ``--seg-model SEGMODEL`` (a JSRT U-Net).
@@ -32,9 +35,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from cardiomegaly import Classifier, TrainConfig, train
+from cardiomegaly.data.images import load_image
+from cardiomegaly.data.preprocess import quantize
 from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_interval
+from cardiomegaly.segment.crop import ThoraxCrop
 
 #: name -> TrainConfig overrides; weights none (from scratch) unless a candidate names them.
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -134,6 +141,41 @@ def _phantom_model(run: Path) -> Path:
     return run / "model.safetensors"
 
 
+def _thorax_crops(folders: list[str], seg_model: str, out: Path) -> list[str]:
+    """Copies of the data folders with every PNG or JPEG film cut to its thorax by
+    :class:`ThoraxCrop` (lossless PNGs of the decoded films; label files copied, heart boxes left
+    out: they no longer fit)."""
+    crop = ThoraxCrop.load(seg_model)
+    copies = []
+    for folder in map(Path, folders):
+        copy = out / folder.name
+        copies.append(str(copy))
+        copy.mkdir(parents=True, exist_ok=True)
+        for f in folder.iterdir():
+            if f.is_file() and f.name not in ("BBox_List_2017.csv", "labels.csv"):
+                (copy / f.name).write_bytes(f.read_bytes())
+        films = [f for f in sorted(folder.rglob("*"))
+                 if f.suffix.lower() in (".png", ".jpg", ".jpeg")
+                 and not _moved(f, [str(folder)], [str(copy)]).exists()]  # fmt: skip
+        for film in films:
+            image, meta = load_image(film)
+            target = _moved(film, [str(folder)], [str(copy)])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(quantize(crop(image), meta.bits)).save(target)
+        logging.info("%s: %d films cut to the thorax in %s", folder, len(films), copy)
+    return copies
+
+
+def _moved(path: Path, folders: list[str], copies: list[str]) -> Path:
+    """A film's path in the copy of its data folder, a PNG (itself without copies)."""
+    for folder, copy in zip(folders, copies, strict=True):
+        folder_path = Path(folder).resolve()
+        if path.resolve().is_relative_to(folder_path):
+            moved = Path(copy).resolve() / path.resolve().relative_to(folder_path)
+            return moved.with_suffix(".png")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="append", required=True)
@@ -142,8 +184,16 @@ def main() -> None:
     parser.add_argument("--ctr", help="a measure CSV (path, ctr) of the same films")
     parser.add_argument("--tta", action="store_true", help="also score with test-time views")
     parser.add_argument("--seg-model", help="a segment model: the unet-encoder's starting weights")
+    parser.add_argument(
+        "--crop-thorax",
+        action="store_true",
+        help="train and score on the films cut to the thorax by --seg-model",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the folds stay fixed)")
     parser.add_argument("--out", default="runs/bench/recipes")
     args = parser.parse_args()
+    if args.crop_thorax and not args.seg_model:
+        parser.error("--crop-thorax needs --seg-model")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,9 +202,15 @@ def main() -> None:
     summary.setdefault("machine", f"{platform.machine()}, {torch.get_num_threads()} threads")
     summary["torch"] = torch.__version__
     summary["data"] = args.data
+    summary["seed"], summary["crop_thorax"] = args.seed, args.crop_thorax
+    data = (
+        _thorax_crops(args.data, args.seg_model, out / "thorax-crops")
+        if args.crop_thorax
+        else args.data
+    )
     ctr = pd.read_csv(args.ctr)[["path", "ctr"]] if args.ctr else None
     if ctr is not None:  # measure writes paths as given, the records resolved: match resolved
-        ctr["path"] = [str(Path(p).resolve()) for p in ctr["path"]]
+        ctr["path"] = [str(_moved(Path(p).resolve(), args.data, data)) for p in ctr["path"]]
     for name in args.candidates:
         run = out / name
         start = time.perf_counter()
@@ -166,7 +222,7 @@ def main() -> None:
             if not args.seg_model:
                 parser.error(f"{name} needs --seg-model")
             overrides["weights"] = args.seg_model
-        config = TrainConfig.from_preset(preset, data=args.data, folds=args.folds,
+        config = TrainConfig.from_preset(preset, data=data, folds=args.folds, seed=args.seed,
                                          export_onnx=False, **overrides)  # fmt: skip
         train(config, out=None if run.exists() else run, resume=run if run.exists() else None)
         minutes = (time.perf_counter() - start) / 60

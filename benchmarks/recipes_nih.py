@@ -154,26 +154,28 @@ def _thorax_crops(folders: list[str], seg_model: str, out: Path) -> list[str]:
         for f in folder.iterdir():
             if f.is_file() and f.name not in ("BBox_List_2017.csv", "labels.csv"):
                 (copy / f.name).write_bytes(f.read_bytes())
-        films = [f for f in sorted(folder.rglob("*"))
-                 if f.suffix.lower() in (".png", ".jpg", ".jpeg")
-                 and not _moved(f, [str(folder)], [str(copy)]).exists()]  # fmt: skip
-        for film in films:
-            image, meta = load_image(film)
+        cut = 0
+        for film in sorted(folder.rglob("*")):
             target = _moved(film, [str(folder)], [str(copy)])
+            if film.suffix.lower() not in (".png", ".jpg", ".jpeg") or target.exists():
+                continue
+            image, meta = load_image(film)
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(quantize(crop(image), meta.bits)).save(target)
-        logging.info("%s: %d films cut to the thorax in %s", folder, len(films), copy)
+            cut += 1
+        logging.info("%s: %d films cut to the thorax in %s", folder, cut, copy)
     return copies
 
 
 def _moved(path: Path, folders: list[str], copies: list[str]) -> Path:
-    """A film's path in the copy of its data folder, a PNG (itself without copies)."""
+    """A film's path in the copy of its data folder, as a PNG (itself, resolved, outside the
+    folders)."""
     for folder, copy in zip(folders, copies, strict=True):
         folder_path = Path(folder).resolve()
         if path.resolve().is_relative_to(folder_path):
             moved = Path(copy).resolve() / path.resolve().relative_to(folder_path)
             return moved.with_suffix(".png")
-    return path
+    return path.resolve()
 
 
 def main() -> None:
@@ -210,7 +212,9 @@ def main() -> None:
     )
     ctr = pd.read_csv(args.ctr)[["path", "ctr"]] if args.ctr else None
     if ctr is not None:  # measure writes paths as given, the records resolved: match resolved
-        ctr["path"] = [str(_moved(Path(p).resolve(), args.data, data)) for p in ctr["path"]]
+        moved = args.crop_thorax  # the films are their cut copies
+        ctr["path"] = [str(_moved(Path(p), args.data, data) if moved else Path(p).resolve())
+                       for p in ctr["path"]]  # fmt: skip
     for name in args.candidates:
         run = out / name
         start = time.perf_counter()

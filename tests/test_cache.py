@@ -9,6 +9,7 @@ import pytest
 
 import cardiomegaly.data.preprocess as decoder_module
 from cardiomegaly import ImageCache, ImageError, box_to_square, to_square
+from cardiomegaly.data.preprocess import square_to_box
 from makers import write_jpeg, write_png
 
 
@@ -82,3 +83,6 @@ def test_pad_keeps_the_aspect_ratio_and_boxes_follow():
     assert out[:25].max() == 0 and out[75:].max() == 0 and out[25:75].min() > 0.99
     assert box_to_square((0, 0, 100, 50), 100, 50, 100, "pad") == (0.0, 25.0, 100.0, 50.0)
     assert to_square(wide, 100, "squash").min() > 0.99
+    for resize in ("pad", "squash"):  # and back from the model input to the film
+        placed = box_to_square((10, 5, 30, 20), 100, 50, 64, resize)
+        assert square_to_box(placed, 100, 50, 64, resize) == pytest.approx((10, 5, 30, 20))

@@ -38,6 +38,15 @@ def to_square(arr: np.ndarray, size: int, resize: str = "pad") -> np.ndarray:
     return np.clip(canvas, 0.0, 1.0)
 
 
+def _placement(width: int, height: int, size: int, resize: str) -> tuple[float, float, int, int]:
+    """Where :func:`to_square` puts a ``width`` x ``height`` film: x and y scale, left and top."""
+    if resize == "squash":
+        return size / width, size / height, 0, 0
+    scale = size / max(width, height)
+    nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
+    return scale, scale, (size - nw) // 2, (size - nh) // 2
+
+
 def box_to_square(
     box: tuple[float, float, float, float], width: int, height: int, size: int, resize: str = "pad"
 ) -> tuple[float, float, float, float]:
@@ -47,13 +56,22 @@ def box_to_square(
     (50.0, 25.0, 25.0, 25.0)
     """
     x, y, bw, bh = box
-    if resize == "squash":
-        sx, sy = size / width, size / height
-        return x * sx, y * sy, bw * sx, bh * sy
-    scale = size / max(width, height)
-    nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
-    left, top = (size - nw) // 2, (size - nh) // 2
-    return left + x * scale, top + y * scale, bw * scale, bh * scale
+    sx, sy, left, top = _placement(width, height, size, resize)
+    return left + x * sx, top + y * sy, bw * sx, bh * sy
+
+
+def square_to_box(
+    box: tuple[float, float, float, float], width: int, height: int, size: int, resize: str = "pad"
+) -> tuple[float, float, float, float]:
+    """The inverse of :func:`box_to_square`: a box (x, y, w, h) on the model input, in the
+    original film's pixels.
+
+    >>> square_to_box((50.0, 25.0, 25.0, 25.0), 200, 100, 100)
+    (100.0, 0.0, 50.0, 50.0)
+    """
+    x, y, bw, bh = box
+    sx, sy, left, top = _placement(width, height, size, resize)
+    return (x - left) / sx, (y - top) / sy, bw / sx, bh / sy
 
 
 def quantize(square: np.ndarray, bits: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.preprocess import to_square
+from ..data.preprocess import square_to_box, to_square
 from .ctr import clean_masks
 from .measure import Measurer, as_dict
 
@@ -44,18 +44,14 @@ def thorax_box(
     size = union.shape[0]
     if union.sum() < MIN_COVER * size * size:
         return None
-    if resize == "squash":
-        sx, sy, left, top = size / width, size / height, 0, 0
-    else:
-        sx = sy = size / max(width, height)
-        left = (size - max(1, round(width * sx))) // 2
-        top = (size - max(1, round(height * sy))) // 2
     ys, xs = np.nonzero(union)
-    x0, x1 = (xs.min() - left) / sx, (xs.max() + 1 - left) / sx
-    y0, y1 = (ys.min() - top) / sy, (ys.max() + 1 - top) / sy
-    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
-    x = min(max((x0 + x1 - side) / 2, 0), max(width - side, 0))
-    y = min(max((y0 + y1 - side) / 2, 0), max(height - side, 0))
+    x0, y0, w, h = square_to_box(
+        (xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()),
+        width, height, size, resize,
+    )  # fmt: skip
+    side = max(w, h) * (1 + 2 * margin)
+    x = min(max(x0 + (w - side) / 2, 0), max(width - side, 0))
+    y = min(max(y0 + (h - side) / 2, 0), max(height - side, 0))
     return round(x), round(y), round(min(x + side, width)), round(min(y + side, height))
 
 

@@ -121,6 +121,21 @@ def cv_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return run
 
 
+@pytest.fixture(scope="session")
+def crop_run(tiny_phantoms: Path, seg_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-fold cross-validation (one epoch per fold) on the tiny phantoms cut to the thorax by
+    the phantom segment model, exported to ONNX (two files)."""
+    from cardiomegaly import train
+    from makers import tiny_train_config
+
+    run = tmp_path_factory.mktemp("crop-run") / "run"
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    train(tiny_train_config(tiny_phantoms, cache_dir=str(cache), epochs=1, folds=2,
+                            thorax_crop=str(seg_run / "model.safetensors"),
+                            export_onnx=True), out=run)  # fmt: skip
+    return run
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (loopback)."""
     import socket

@@ -1,17 +1,29 @@
-"""Films cut to the thorax: the square around the heart and lungs a segment model finds."""
+"""Films cut to the thorax: the square around the heart and lungs a segment model finds, and a
+classifier that learns from cut films and carries its cut into every use."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
+from cardiomegaly import Classifier, TrainConfig, evaluate
+from cardiomegaly.cli import main
+from cardiomegaly.data.cache import ImageCache
 from cardiomegaly.data.images import load_image
-from cardiomegaly.errors import UserError
+from cardiomegaly.data.preprocess import prepare_file, to_float
+from cardiomegaly.errors import ConfigError, UserError
+from cardiomegaly.fileio import sha256_of
+from cardiomegaly.model import EMBEDDED_PREFIX, load_state, read_metadata, split_embedded
 from cardiomegaly.segment.crop import ThoraxCrop, thorax_box
 from cardiomegaly.segment.ctr import MASK_CLASSES
+from cardiomegaly.serve import create_app
+from makers import one_line_error
 
 
 def _square_masks(size: int, rows: tuple[int, int], cols: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -80,3 +92,109 @@ def test_a_film_where_the_model_finds_no_thorax_is_returned_whole(seg_run, monke
 def test_only_a_segment_model_can_cut_films(tiny_run):
     with pytest.raises(UserError, match="segment"):
         ThoraxCrop.load(tiny_run / "model.safetensors")
+
+
+# ---------------------------------------------------------- a classifier trained on cut films
+
+
+def _films(phantoms: Path, n: int = 6) -> list[Path]:
+    return sorted((phantoms / "images").glob("*.png"))[:n]
+
+
+def test_the_classifier_file_carries_the_segment_model_that_cuts_its_films(crop_run, seg_run):
+    seg_file = seg_run / "model.safetensors"
+    seg_state = load_state(seg_file)[0]
+    for model in (crop_run / "model.safetensors", crop_run / "fold1" / "model.safetensors"):
+        spec = read_metadata(model)["preprocessing"]["thorax_crop"]
+        assert spec["sha256"] == sha256_of(seg_file) and spec["margin"] == 0.1
+        assert spec["segment_model"]["task"] == "segment" and "seen" not in spec["segment_model"]
+        own, embedded = split_embedded(load_state(model)[0])
+        assert embedded.keys() == seg_state.keys()
+        assert all(torch.equal(embedded[k], seg_state[k]) for k in seg_state)
+        assert not any(k.startswith(EMBEDDED_PREFIX) for k in own)
+
+
+def test_every_use_cuts_films_as_training_did_without_the_segment_model_file(
+    crop_run, seg_run, tiny_phantoms, tmp_path
+):
+    alone = tmp_path / "model.safetensors"  # no segment model, no ONNX export beside it
+    shutil.copy(crop_run / "model.safetensors", alone)
+    clf = Classifier.load(alone, device="cpu")
+    assert clf.backend == "torch"
+    crop = ThoraxCrop.load(seg_run / "model.safetensors")
+    films = _films(tiny_phantoms)
+    narrower = 0
+    for film in films:
+        expected = to_float(prepare_file(film, clf.image_size, clf.resize, crop=crop))
+        np.testing.assert_array_equal(clf.preprocess(film), expected)
+        np.testing.assert_array_equal(clf.preprocess(film.read_bytes()), expected)
+        np.testing.assert_array_equal(clf.preprocess(Image.open(film)), expected)
+        whole = to_float(prepare_file(film, clf.image_size, clf.resize))
+        narrower += not np.array_equal(whole, expected)
+    assert narrower >= len(films) // 2  # the phantoms' air around the chest is cut away
+    # the cache keeps cut and whole films apart
+    assert ImageCache(75, crop=crop).folder != ImageCache(75).folder
+
+
+def test_its_onnx_export_comes_in_two_files_and_answers_as_pytorch(
+    crop_run, tiny_phantoms, tmp_path
+):
+    fast = Classifier.load(crop_run / "model.safetensors", device="cpu")
+    slow = Classifier.load(crop_run / "model.safetensors", device="cpu", backend="torch")
+    assert (fast.backend, fast.crop.measurer.backend) == ("onnx", "onnx")
+    films = _films(tiny_phantoms)
+    got = [p.probability for p in fast.predict(films)]
+    want = [p.probability for p in slow.predict(films)]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    shutil.copy(crop_run / "model.onnx", tmp_path / "model.onnx")  # without model.thorax.onnx
+    with pytest.raises(UserError, match=r"model\.thorax\.onnx: missing.*export it again"):
+        Classifier.load(tmp_path / "model.onnx")
+
+
+def test_export_writes_both_files_or_refuses_in_one_line(crop_run, tmp_path, capsys):
+    model = str(crop_run / "model.safetensors")
+    assert main(["export", model, "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 2
+    one_line_error(capsys.readouterr().err, "thorax", "onnx")
+    assert not (tmp_path / "m.pt").exists()
+    assert main(["export", model, "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m.thorax.onnx").is_file()
+    (tmp_path / "n.thorax.onnx").write_bytes(b"mine")  # a file of the user's is never replaced
+    assert main(["export", model, "--format", "onnx", "--out", str(tmp_path / "n.onnx")]) == 2
+    assert (tmp_path / "n.thorax.onnx").read_bytes() == b"mine"
+
+
+def test_evaluation_sees_the_films_cut_as_the_model_did(crop_run, tiny_phantoms, tmp_path):
+    # each film was trained or tuned on by one fold, by the fingerprint of its cut pixels
+    result = evaluate(crop_run / "model.safetensors", tiny_phantoms, split="all", out=tmp_path)
+    assert result.metrics["seen_by_model"] == result.metrics["images"] == 30
+
+
+def test_only_a_segment_model_cuts_a_classifiers_films(tiny_run, tiny_phantoms, tmp_path, capsys):
+    argv = ["train", "--data", str(tiny_phantoms), "--weights", "none", "--image-size", "75",
+            "--epochs", "1", "--thorax-crop", str(tiny_run / "model.safetensors"),
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 2
+    one_line_error(capsys.readouterr().err, "segment")
+    with pytest.raises(ConfigError, match="thorax_crop"):
+        TrainConfig(task="segment", thorax_crop="seg.safetensors")
+
+
+def test_the_server_answers_for_cut_films_as_the_classifier_does(crop_run, tiny_phantoms):
+    testclient = pytest.importorskip("fastapi.testclient")
+    film = _films(tiny_phantoms, 1)[0]
+    upload = {"file": ("film.png", film.read_bytes(), "application/octet-stream")}
+    with testclient.TestClient(create_app(crop_run / "model.safetensors")) as client:
+        body = client.post("/v1/predict?cam=true", files=upload).json()
+        card = client.get("/v1/model").json()
+    expected = Classifier.load(crop_run / "model.safetensors", backend="torch").predict(film)
+    assert body["probability"] == pytest.approx(expected.probability, abs=1e-4)
+    assert body["cam_png_base64"]  # Grad-CAM on the cut film
+    assert card["preprocessing"]["thorax_crop"]["margin"] == 0.1
+
+
+def test_thorax_crop_weights_means_the_segment_model_the_classifier_starts_from():
+    cfg = TrainConfig(weights="seg.safetensors", thorax_crop="weights")
+    assert cfg.thorax_crop == "seg.safetensors"
+    assert TrainConfig(weights="seg.safetensors", thorax_crop="none").thorax_crop is None
+    with pytest.raises(ConfigError, match="--thorax-crop SEGMODEL"):
+        TrainConfig(weights="none", thorax_crop="weights")

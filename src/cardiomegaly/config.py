@@ -246,6 +246,13 @@ class TrainConfig:
         "with --folds: a segment model; its ratio is merged with the out-of-fold "
         "probability into a combined score (ranks within each view), kept in the ensemble",
     )
+    thorax_crop: str | None = _opt(
+        None,
+        "a segment model (or 'weights': the one given as --weights; 'none': whole films): "
+        "every film is cut to the square around the heart and lungs it finds (a tenth wider "
+        "on each side) before the classifier sees it, in training and in every later use; "
+        "the model file carries it",
+    )
     seed: int = _opt(0, "random seed (0)")
     device: str = _opt("auto", "auto: CUDA when there is one (auto)", choices=DEVICES)
     workers: int = _opt(0, "data-loading processes (0)")
@@ -310,6 +317,17 @@ class TrainConfig:
                 "ctr_model: the combined score is calibrated on out-of-fold predictions; "
                 "give --folds K (K >= 2) with it"
             )
+        if self.thorax_crop == "none":
+            self.thorax_crop = None
+        if self.thorax_crop and self.task != "classify":
+            raise ConfigError("thorax_crop: films are cut for the classify task")
+        if self.thorax_crop == "weights":
+            if self.weights in ("imagenet", "none"):
+                raise ConfigError(
+                    f"thorax_crop: 'weights' means the segment model given as --weights, not "
+                    f"'{self.weights}'; give --thorax-crop SEGMODEL, or none for whole films"
+                )
+            self.thorax_crop = self.weights
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), not {self.ema}")
         if self.ema and self.task != "classify":

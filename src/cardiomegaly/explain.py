@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
-from .data.preprocess import box_to_square, prepare_file_with_meta, to_float
+from .data.preprocess import film_box_to_square, prepare_file_with_meta, to_float
 from .data.records import DataArg, data_label
 from .data.split import select_records
 from .errors import ImageError, UserError
@@ -224,7 +224,9 @@ def explain(
         images, metas, kept = [], [], []
         for row in chunk.itertuples(index=False):
             try:
-                stored, image_meta = prepare_file_with_meta(row.path, size, clf.resize)
+                stored, image_meta = prepare_file_with_meta(
+                    row.path, size, clf.resize, crop=clf.crop
+                )
             except ImageError as exc:
                 skipped.append({"path": row.path, "reason": str(exc)})
                 continue
@@ -243,7 +245,7 @@ def explain(
             box = None
             raw = (row.box_x, row.box_y, row.box_w, row.box_h)
             if not any(math.isnan(v) for v in raw):
-                box = box_to_square(raw, image_meta.width, image_meta.height, size, clf.resize)
+                box = film_box_to_square(raw, image_meta, size, clf.resize)
             picture = overlay(image, heat, prediction, box)
             _save_png(picture, folder / "overlays" / _unique_name(Path(row.path).stem, names))
             if len(sheet) < 24 and (box is not None or not has_boxes):

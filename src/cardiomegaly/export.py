@@ -42,9 +42,10 @@ from .data.split import select_records
 from .errors import UserError
 from .evaluate.metrics import auroc
 from .fileio import FILE_MODE, sha256_of
-from .model import CardioNet, load_model, read_metadata
+from .model import CardioNet, load_model, load_state, read_metadata, split_embedded
 from .predict import Classifier
-from .segment.model import SegNet, load_segmenter
+from .segment.crop import thorax_onnx_path
+from .segment.model import SegNet, load_segmenter, segmenter_from_state
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def export(
 
     ``out`` defaults to the model's path with ``.onnx`` or ``.torchscript.pt``; an existing
     file is never overwritten. The export is refused (and nothing written) when its probabilities
-    differ from PyTorch's by more than 1e-4 on ``samples`` seeded phantom films.
+    differ from PyTorch's by more than 1e-4 on ``samples`` seeded phantom films. A classifier
+    that cuts films to the thorax exports in two files: its own graph, and its segment model's
+    beside it (``model.thorax.onnx``, checked the same way).
     """
     if format not in FORMATS:
         raise UserError(f"unknown export format '{format}'; choose onnx or torchscript")
@@ -85,24 +88,53 @@ def export(
     if out.exists() and not again:
         raise UserError(f"{out}: exists; give another --out (nothing was changed)")
     net, meta = _load(model)
+    thorax = meta["preprocessing"].get("thorax_crop")
+    if thorax and format != "onnx":
+        raise UserError(f"{model}: cuts films to the thorax with a segment model that a "
+                        "TorchScript file cannot carry; export --format onnx")  # fmt: skip
+    if thorax and not again and thorax_onnx_path(out).exists():
+        raise UserError(f"{thorax_onnx_path(out)}: exists; give another --out (nothing was "
+                        "changed)")  # fmt: skip
     # Which model file this is an export of: predict's default backend uses a model.onnx only
     # when it matches the model file beside it byte for byte.
-    meta = {**meta, "exported_from": {"sha256": sha256_of(model)}}
+    exported_from = {"exported_from": {"sha256": sha256_of(model)}}
+    difference = _write_checked(net, {**meta, **exported_from}, out, format, again, samples, seed)
+    if thorax:
+        _, embedded = split_embedded(load_state(model)[0])
+        seg_meta = {**thorax["segment_model"], **exported_from}
+        seg = segmenter_from_state(embedded, seg_meta, model)
+        seg_out = thorax_onnx_path(out)
+        again = again and is_export_of(seg_out, model)
+        difference = max(difference, _write_checked(seg, seg_meta, seg_out, "onnx", again,
+                                                     samples, seed))  # fmt: skip
+    log.debug("exported %s (max probability difference %.2e)", out, difference)
+    return ExportResult(out, format, difference, samples)
+
+
+def _write_checked(
+    net: CardioNet | SegNet,
+    meta: dict[str, Any],
+    out: Path,
+    format: str,
+    again: bool,
+    samples: int,
+    seed: int,
+) -> float:
+    """Export ``net`` to ``out`` (or, ``again``, check the export already there) and return the
+    largest probability difference to PyTorch; refuse beyond :data:`PARITY_TOLERANCE`."""
     size = int(meta["preprocessing"]["image_size"])
     # Chest-like films, not noise: on noise the logits saturate and any export looks perfect.
     x = torch.from_numpy(sample_films(samples, size, seed)).float().div(255)[:, None]
     with torch.no_grad():
         reference = net(x).numpy()
     if again:  # already there: checked again, not rewritten
-        got = _onnx_logits(out, x)
-        difference = float(np.abs(_sigmoid(got) - _sigmoid(reference)).max())
+        difference = float(np.abs(_sigmoid(_onnx_logits(out, x)) - _sigmoid(reference)).max())
         if difference > PARITY_TOLERANCE:
             raise UserError(
-                f"{out}: an export of {model} that differs from it by "
+                f"{out}: an export of {meta['exported_from']} that differs from it by "
                 f"{difference:.2e}; delete it and export again"
             )
-        return ExportResult(out, format, difference, samples)
-
+        return difference
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
@@ -121,8 +153,7 @@ def export(
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    log.debug("exported %s (max probability difference %.2e)", out, difference)
-    return ExportResult(out, format, difference, samples)
+    return difference
 
 
 def export_beside(model_file: Path) -> None:
@@ -130,6 +161,7 @@ def export_beside(model_file: Path) -> None:
     ONNX Runtime on a CPU. A failed export costs speed, not the run: say so and go on."""
     onnx_path = model_file.with_suffix(".onnx")
     onnx_path.unlink(missing_ok=True)  # an export of an earlier model file in this run
+    thorax_onnx_path(onnx_path).unlink(missing_ok=True)
     try:
         result = export(model_file, "onnx", onnx_path)
     except Exception as exc:
@@ -279,6 +311,7 @@ def quantize_int8(
             None,
             meta,
             session=ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"]),
+            crop=fp32.crop,
         )
 
         val_paths = list(val_table["path"])

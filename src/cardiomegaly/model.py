@@ -443,10 +443,21 @@ def _load_exact(net: nn.Module, state: dict[str, torch.Tensor], where: Path) -> 
 # ---------------------------------------------------------------------------------- model file
 
 
-def save_model(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+#: A classifier's file carries the segment model that cuts its films to the thorax
+#: (``preprocessing.thorax_crop``): that model's tensors, their names under this prefix.
+EMBEDDED_PREFIX = "thorax_crop."
+
+
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    metadata: dict[str, Any],
+    embedded: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write weights and metadata to one ``model.safetensors``, atomically. The model says how
     to rebuild it (``describe()``); ``metadata`` may set ``task`` and ``classes`` (a segment
-    model does), else the file is a classifier's."""
+    model does), else the file is a classifier's. ``embedded``: the weights of the segment model
+    that cuts its films (:data:`EMBEDDED_PREFIX`), which make the file self-contained."""
     meta = {
         "format_version": FORMAT_VERSION,
         "task": "classify",
@@ -455,6 +466,8 @@ def save_model(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -> 
         **metadata,
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
+    for k, v in (embedded or {}).items():
+        state[EMBEDDED_PREFIX + k] = v.detach().contiguous().cpu()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -513,6 +526,12 @@ def _check_metadata(path: Path, meta: dict[str, Any], task: str) -> None:
         if not isinstance(pre["image_size"], int):
             raise ValueError(f"image_size {pre['image_size']!r} is not a whole number")
         PreprocessConfig(pre["image_size"], pre["resize"])
+        if pre.get("thorax_crop"):
+            crop = pre["thorax_crop"]
+            if not 0 <= float(crop["margin"]) < 1 or not isinstance(crop["sha256"], str):
+                raise ValueError(f"thorax_crop {crop.get('margin')!r}, {crop.get('sha256')!r}")
+            if not isinstance(crop["segment_model"]["architecture"]["name"], str):
+                raise ValueError("thorax_crop: its segment model has no architecture")
         if not 0 <= float(meta["threshold"]["value"]) <= 1:
             raise ValueError(f"threshold {meta['threshold']['value']} is not in [0, 1]")
     except (KeyError, TypeError, ValueError, UserError) as exc:
@@ -538,6 +557,19 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return state, meta
 
 
+def split_embedded(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A model file's tensors: the network's own, and the embedded segment model's (unprefixed).
+
+    >>> split_embedded({"a": 1, "thorax_crop.b": 2})
+    ({'a': 1}, {'b': 2})
+    """
+    own = {k: v for k, v in state.items() if not k.startswith(EMBEDDED_PREFIX)}
+    embedded = {k[len(EMBEDDED_PREFIX) :]: v for k, v in state.items() if k not in own}
+    return own, embedded
+
+
 def load_model(path: str | Path) -> tuple[CardioNet | Ensemble, dict[str, Any]]:
     """A model file back as an eval-mode :class:`CardioNet` (or the :class:`Ensemble` that
     ``train --folds`` writes) and its metadata.
@@ -548,6 +580,7 @@ def load_model(path: str | Path) -> tuple[CardioNet | Ensemble, dict[str, Any]]:
     """
     state, meta = load_state(path)
     require_task(meta, "classify", path)
+    state, _ = split_embedded(state)
     arch = meta["architecture"]
 
     def member() -> CardioNet:

@@ -27,7 +27,7 @@ from PIL import Image
 from .artifacts import probabilities, require_task
 from .config import CLASS_NAMES
 from .data.images import IMAGE_SUFFIXES, pil_to_float
-from .data.preprocess import prepare_file, quantize, to_float, to_square
+from .data.preprocess import FilmCrop, cut, prepare_file, quantize, to_float, to_square
 from .errors import ImageError
 from .fileio import atomic_open, atomic_write_text
 from .progress import progress_bar
@@ -71,11 +71,19 @@ class Classifier:
     """
 
     def __init__(
-        self, model: CardioNet | None, meta: dict[str, Any], device: str = "auto", session=None
+        self,
+        model: CardioNet | None,
+        meta: dict[str, Any],
+        device: str = "auto",
+        session=None,
+        crop: FilmCrop | None = None,
     ) -> None:
         self.meta = meta
         self.model = model
         self.session = session  # an onnxruntime.InferenceSession instead of the torch model
+        self.crop = crop  # what cuts films to the thorax, for a model trained on cut films
+        if crop is None and meta["preprocessing"].get("thorax_crop"):
+            raise ValueError("this model sees films cut to the thorax: use Classifier.load")
         self.device = None if model is None else select_device(device)
         if model is not None:
             import torch
@@ -107,28 +115,30 @@ class Classifier:
         session, meta = onnx_backend(path, device, backend)
         if session is not None:
             require_task(meta, "classify", path)
-            return cls(None, meta, device, session)
+            return cls(None, meta, device, session, _crop(path, meta, device, onnx=True))
         from .model import load_model
 
         model, meta = load_model(path)
-        return cls(model, meta, device)
+        return cls(model, meta, device, crop=_crop(path, meta, device))
 
     def preprocess(self, x: ImageInput) -> np.ndarray:
-        """One input as the model sees it: float32 (size, size) in [0, 1], quantized as in training.
+        """One input as the model sees it: float32 (size, size) in [0, 1], quantized as in training
+        (and cut to the thorax first when the model was trained on cut films).
 
         Paths (and file bytes) go through the same decoder as training. Arrays: 2-D uint8,
         uint16 or float in [0, 1] (grey, 0 = black), or (H, W, 3|4) uint8 colour. PIL images of
         any mode.
         """
+        size, resize, crop = self.image_size, self.resize, self.crop
         if isinstance(x, str | Path):
-            return to_float(prepare_file(x, self.image_size, self.resize))
+            return to_float(prepare_file(x, size, resize, crop=crop))
         if isinstance(x, bytes | bytearray):  # an upload, decoded in memory
-            return to_float(prepare_file(bytes(x), self.image_size, self.resize, name="upload"))
+            return to_float(prepare_file(bytes(x), size, resize, name="upload", crop=crop))
         if isinstance(x, np.ndarray):
             x = _array_to_image(x)
         if isinstance(x, Image.Image):
             bits = 16 if x.mode.startswith("I") else 8
-            square = to_square(pil_to_float(x), self.image_size, self.resize)
+            square = to_square(cut(pil_to_float(x), crop)[0], size, resize)
             return to_float(quantize(square, bits))
         raise TypeError(f"cannot predict on {type(x).__name__}; give a path, PIL image or array")
 
@@ -184,6 +194,15 @@ class Classifier:
             return self.preprocess(x), None
         except ImageError as exc:
             return None, str(exc)
+
+
+def _crop(path: str | Path, meta: dict[str, Any], device: str, onnx: bool = False):
+    """The thorax cut a model file carries, or None (most models see whole films)."""
+    if not meta["preprocessing"].get("thorax_crop"):
+        return None  # without loading the segment task's modules
+    from .segment.crop import ThoraxCrop
+
+    return ThoraxCrop.of_classifier(path, meta, device, onnx=onnx)
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:

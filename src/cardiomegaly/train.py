@@ -59,6 +59,7 @@ from .runs import (
     write_skipped,
 )
 from .runtime import autocast, score_dataset, to_device
+from .segment.crop import ThoraxCrop
 from .segment.train import SegmentResult, train_segmenter
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,11 @@ class _Data:
     val: XrayDataset
     test: XrayDataset
     seen: list[str]  # fingerprints of the films trained or tuned on (train and val)
+    crop: ThoraxCrop | None  # the cut every film goes through (--thorax-crop)
+
+    def embedded(self) -> dict[str, torch.Tensor] | None:
+        """What the model file carries besides the classifier: the cut's segment model."""
+        return None if self.crop is None else self.crop.tensors()
 
 
 @dataclass
@@ -145,15 +151,17 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
     _seed(cfg.seed)
     run_dir = Path(resume) if resume else run_folder(out, ddp)
     # Absolute paths: a resume from another folder finds the data again.
-    cfg = dataclasses.replace(cfg, data=absolute_sources(cfg.data))
+    thorax = str(Path(cfg.thorax_crop).resolve()) if cfg.thorax_crop else None
+    cfg = dataclasses.replace(cfg, data=absolute_sources(cfg.data), thorax_crop=thorax)
     # The model first: a missing weights file or an offline download fails in seconds.
     model = build_model(cfg.arch, dropout=cfg.dropout, aux_logits=cfg.aux_logits)
+    crop = ThoraxCrop.load(thorax, device=cfg.device) if thorax else None
     # Killed before the first epoch ended (no last.pt): a resume starts over, weights included.
     restart = resume is not None and (run_dir / "last.pt").is_file()
     state = RunState(weights={} if restart else load_weights(model, cfg.weights))
     if ddp.main and not (run_dir / "config.yaml").is_file():
         _start_run_folder(run_dir, cfg, model)
-    data = _prepare_data(cfg, run_dir, ddp, resume)
+    data = _prepare_data(cfg, run_dir, ddp, resume, crop)
     model.to(ddp.device)
     if ddp.device.type == "cpu":
         model.to(memory_format=torch.channels_last)
@@ -248,7 +256,7 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
             )
             if improved:
                 meta = _metadata(cfg, data, state, val_labels.numpy(), val_probs.numpy())
-                save_model(run_dir / "model.safetensors", opt.judged(model), meta)
+                save_model(run_dir / "model.safetensors", opt.judged(model), meta, data.embedded())
             _write_history(run_dir, state.history)
             _log_scalars(board, row)
             _save_last(run_dir / "last.pt", model, opt, state)
@@ -282,13 +290,16 @@ def _start_run_folder(run_dir: Path, cfg: TrainConfig, model: CardioNet) -> None
     save_yaml(cfg, run_dir / "config.yaml")
 
 
-def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: Dist, resume) -> _Data:
-    """Records, the patient-wise split (kept with the run), the cache warmed once by rank 0."""
+def _prepare_data(
+    cfg: TrainConfig, run_dir: Path, ddp: Dist, resume, crop: ThoraxCrop | None
+) -> _Data:
+    """Records, the patient-wise split (kept with the run), the cache warmed once by rank 0
+    (films cut by ``crop`` when there is one)."""
     records = load_records(cfg.data, cfg.data_config)
     if resume and (run_dir / "splits.csv").is_file():
         cfg.split.split_file = str(run_dir / "splits.csv")
     split = patient_split(records, cfg.split)
-    cache = ImageCache(cfg.image_size, cfg.resize, root=cfg.cache_dir)
+    cache = ImageCache(cfg.image_size, cfg.resize, root=cfg.cache_dir, crop=crop)
     if ddp.main:
         save_splits(records, split, run_dir / "splits.csv")
         paths = list(records.table["path"])
@@ -313,6 +324,7 @@ def _prepare_data(cfg: TrainConfig, run_dir: Path, ddp: Dist, resume) -> _Data:
         val=XrayDataset(tables["val"], cache),
         test=XrayDataset(tables["test"], cache),
         seen=sorted(set(cache.fingerprints(learnt_from))),
+        crop=crop,
     )
 
 
@@ -393,7 +405,7 @@ def _finish(cfg: TrainConfig, ddp: Dist, run_dir: Path, data: _Data) -> dict[str
         "auroc": auc["value"],
         "auroc_ci95": auc.get("ci95"),
     }
-    save_model(run_dir / "model.safetensors", best, meta)
+    save_model(run_dir / "model.safetensors", best, meta, data.embedded())
     primary = next(iter(test["operating_points"].values()))
     log.info(
         "test AUROC %s (95 %% CI %s, patient bootstrap)  sensitivity %s  specificity %s at "
@@ -496,7 +508,10 @@ def _metadata(
         "torchvision": torchvision.__version__,
     }
     return {
-        "preprocessing": preprocessing_for(cfg.arch, cfg.image_size, cfg.resize),
+        "preprocessing": {
+            **preprocessing_for(cfg.arch, cfg.image_size, cfg.resize),
+            **({"thorax_crop": data.crop.to_metadata()} if data.crop else {}),
+        },
         "threshold": _threshold(cfg, val_labels, val_probs),
         "training": {
             "data": cfg.data,

@@ -1,8 +1,9 @@
 """Preprocessing cache: each image is decoded and resized once per size and policy.
 
 Entries are keyed by the file's absolute path, size and modification time, the target size, the
-resize policy and the cache format version, so a changed file is read again and nothing stale is
-served. Later epochs and later runs load a small ``.npy`` instead of decoding the original.
+resize policy, the cut (for a model that sees films cut to the thorax) and the cache format
+version, so a changed file is read again and nothing stale is served. Later epochs and later runs
+load a small ``.npy`` instead of decoding the original.
 
     >>> cache = ImageCache(299)                                   # doctest: +SKIP
     >>> x = cache.get("images/00000013_005.jpg")  # decodes once       # doctest: +SKIP
@@ -27,7 +28,7 @@ from platformdirs import user_cache_dir
 from ..errors import ImageError
 from ..fileio import atomic_open
 from ..progress import progress_bar
-from .preprocess import prepare_file, to_float
+from .preprocess import FilmCrop, prepare_file, to_float
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,21 @@ def count_seen(meta: dict[str, Any], fingerprints: Iterable[str]) -> int | None:
 
 
 class ImageCache:
-    """Decoded, resized images on disk, one ``.npy`` per (file version, size, policy)."""
+    """Decoded, resized images on disk, one ``.npy`` per (file version, size, policy, cut)."""
 
-    def __init__(self, size: int, resize: str = "pad", root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        resize: str = "pad",
+        root: str | Path | None = None,
+        crop: FilmCrop | None = None,
+    ) -> None:
         self.size = size
         self.resize = resize
+        self.crop = crop
         self.root = Path(root) if root is not None else default_cache_dir()
-        self.folder = self.root / f"images-v{_FORMAT_VERSION}" / f"{size}-{resize}"
+        kind = f"{size}-{resize}" + (f"-{crop.key}" if crop is not None else "")
+        self.folder = self.root / f"images-v{_FORMAT_VERSION}" / kind
 
     def _entry(self, path: Path) -> Path:
         st = os.stat(path)
@@ -103,7 +112,7 @@ class ImageCache:
             stored = None
         if stored is not None and stored.shape == (self.size, self.size):
             return to_float(stored)
-        stored = prepare_file(path, self.size, self.resize)
+        stored = prepare_file(path, self.size, self.resize, crop=self.crop)
         try:
             with atomic_open(entry, "wb") as f:
                 np.save(f, stored, allow_pickle=False)

@@ -60,6 +60,9 @@ class ImageMeta:
     age: int | None = None  # years, capped at 90 (HIPAA safe harbour)
     modality: str = ""
     transfer_syntax: str = ""
+    # The part of the film the model saw, (left, top, right, bottom) in its pixels, when a
+    # FilmCrop cut it (width and height stay the whole film's).
+    crop: tuple[int, int, int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,13 +7,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from ..config import RESIZE_POLICIES
 from .images import ImageMeta, load_image
+
+
+class FilmCrop(Protocol):
+    """What cuts a decoded film to the part the model sees (``segment.crop.ThoraxCrop``)."""
+
+    #: Names the cut (its model and settings) in the preprocessing cache.
+    key: str
+
+    def box(self, film: np.ndarray) -> tuple[int, int, int, int] | None:
+        """(left, top, right, bottom) in the film's pixels, or None to keep the whole film."""
+        ...
+
+
+def cut(film: np.ndarray, crop: FilmCrop | None) -> tuple[np.ndarray, tuple | None]:
+    """The film cut by ``crop`` (a view of it) and the box cut, or the film and None."""
+    box = None if crop is None else crop.box(film)
+    if box is None:
+        return film, None
+    left, top, right, bottom = box
+    return film[top:bottom, left:right], box
 
 
 def to_square(arr: np.ndarray, size: int, resize: str = "pad") -> np.ndarray:
@@ -88,20 +110,52 @@ def to_float(stored: np.ndarray) -> np.ndarray:
 
 
 def prepare_file(
-    path: str | Path | bytes, size: int, resize: str = "pad", name: str | None = None
+    path: str | Path | bytes,
+    size: int,
+    resize: str = "pad",
+    name: str | None = None,
+    crop: FilmCrop | None = None,
 ) -> np.ndarray:
-    """Decode, square and quantize one file (or its bytes, called ``name`` in messages): the
-    exact model input of training and inference.
+    """Decode, cut (when the model cuts films, ``crop``), square and quantize one file (or its
+    bytes, called ``name`` in messages): the exact model input of training and inference.
 
     Raises :class:`~cardiomegaly.errors.ImageError` for a file that cannot be decoded.
     """
-    return prepare_file_with_meta(path, size, resize, name)[0]
+    return prepare_file_with_meta(path, size, resize, name, crop)[0]
 
 
 def prepare_file_with_meta(
-    path: str | Path | bytes, size: int, resize: str = "pad", name: str | None = None
+    path: str | Path | bytes,
+    size: int,
+    resize: str = "pad",
+    name: str | None = None,
+    crop: FilmCrop | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
-    """:func:`prepare_file`, and the file's :class:`ImageMeta` (its original width and height
-    place a box given in the file's pixels on the model input, with :func:`box_to_square`)."""
-    arr, meta = load_image(path, target_size=size, resize=resize, name=name)
+    """:func:`prepare_file`, and the file's :class:`ImageMeta` (its original width and height,
+    and the box cut, place a box given in the file's pixels on the model input: see
+    :func:`film_box_to_square`)."""
+    # A film to be cut is decoded whole: JPEG's reduced decoding would leave the cut too few pixels.
+    arr, meta = load_image(path, target_size=None if crop else size, resize=resize, name=name)
+    arr, box = cut(arr, crop)
+    if box is not None:
+        meta = dataclasses.replace(meta, crop=box)
     return quantize(to_square(arr, size, resize), meta.bits), meta
+
+
+def film_box_to_square(
+    box: tuple[float, float, float, float], meta: ImageMeta, size: int, resize: str = "pad"
+) -> tuple[float, float, float, float]:
+    """A box (x, y, w, h) in a file's pixels on the model input of :func:`prepare_file_with_meta`
+    (which gave ``meta``): through the cut, when the film was cut, clipped to it.
+
+    >>> meta = ImageMeta("png", 200, 200, 8, crop=(50, 50, 150, 150))
+    >>> film_box_to_square((40, 60, 40, 40), meta, 100)
+    (0.0, 10.0, 30.0, 40.0)
+    """
+    if meta.crop is None:
+        return box_to_square(box, meta.width, meta.height, size, resize)
+    left, top, right, bottom = meta.crop
+    x0, y0 = max(box[0], left), max(box[1], top)
+    x1, y1 = min(box[0] + box[2], right), min(box[1] + box[3], bottom)
+    inside = (x0 - left, y0 - top, max(x1 - x0, 0), max(y1 - y0, 0))
+    return box_to_square(inside, right - left, bottom - top, size, resize)

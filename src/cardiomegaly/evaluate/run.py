@@ -181,8 +181,11 @@ def _scored_records(model, meta, data, split, batch_size, device, cache_dir, onl
     records, table, description = select_records(model, meta, data, split)
     if only is not None:
         table = table[table["path"].isin(set(only))]
+    from ..segment.crop import ThoraxCrop  # below evaluate; the segment task loads torch
+
     pre = meta["preprocessing"]
-    cache = ImageCache(pre["image_size"], pre["resize"], root=cache_dir)
+    crop = ThoraxCrop.of_classifier(model, meta, device)
+    cache = ImageCache(pre["image_size"], pre["resize"], root=cache_dir, crop=crop)
     bad = cache.warm(list(table["path"]))
     for _path, reason in bad:
         log.warning("skipped     %s", reason)

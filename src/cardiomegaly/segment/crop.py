@@ -4,6 +4,10 @@ A classifier shown the whole film can learn what lies around the chest (film edg
 text, side markers, the era of the equipment) instead of the heart; cut to the thorax, it sees the
 heart against the chest that holds it, at the same scale on every film.
 
+A classifier trained with ``--thorax-crop SEGMODEL`` carries that segment model in its own file
+(its tensors under ``thorax_crop.``, its metadata in ``preprocessing.thorax_crop``), and every
+consumer cuts films the same way through :meth:`ThoraxCrop.of_classifier`.
+
 >>> crop = ThoraxCrop.load("runs/train/segment/model.safetensors")   # doctest: +SKIP
 >>> chest = crop(film)             # a 2-D float film in [0, 1], any size  # doctest: +SKIP
 """
@@ -11,12 +15,18 @@ heart against the chest that holds it, at the same scale on every film.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..data.preprocess import square_to_box, to_square
+from ..artifacts import model_sha256, read_onnx_metadata
+from ..data.preprocess import cut, square_to_box, to_square
+from ..errors import UserError
+from ..model import load_state, split_embedded
+from ..runtime import onnx_session
 from .ctr import clean_masks
 from .measure import Measurer, as_dict
+from .model import segmenter_from_state
 
 #: Below this share of the squared film, the masks are no thorax to cut to: the film stays whole.
 MIN_COVER = 0.05
@@ -55,17 +65,73 @@ def thorax_box(
     return round(x), round(y), round(min(x + side, width)), round(min(y + side, height))
 
 
+def thorax_onnx_path(path: str | Path) -> Path:
+    """Where the ONNX export of a classifier's embedded segment model lies: beside the
+    classifier's own export (``model.onnx``, ``model.int8.onnx``: ``model.thorax.onnx``)."""
+    path = Path(path)
+    return path.with_name(path.name.split(".")[0] + ".thorax.onnx")
+
+
 class ThoraxCrop:
     """A segment model that cuts films to their thorax (:func:`thorax_box`); a film whose masks
-    are empty or tiny is returned whole."""
+    are empty or tiny is returned whole. ``sha256`` names the segment model file."""
 
-    def __init__(self, measurer: Measurer, margin: float = 0.1) -> None:
-        self.measurer, self.margin = measurer, margin
+    def __init__(self, measurer: Measurer, sha256: str, margin: float = 0.1) -> None:
+        self.measurer, self.sha256, self.margin = measurer, sha256, margin
+        #: names this cut in the preprocessing cache (data.preprocess.FilmCrop)
+        self.key = f"thorax-{sha256[:16]}-{margin:g}"
 
     @classmethod
     def load(cls, path: str | Path, margin: float = 0.1, device: str = "auto") -> ThoraxCrop:
         """From a segment ``model.safetensors`` (a classifier's file is refused in one line)."""
-        return cls(Measurer.load(path, device=device, backend="torch"), margin)
+        return cls(Measurer.load(path, device=device, backend="torch"), model_sha256(path), margin)
+
+    @classmethod
+    def of_classifier(
+        cls, path: str | Path, meta: dict[str, Any], device: str = "auto", onnx: bool = False
+    ) -> ThoraxCrop | None:
+        """The cut a classifier's file carries (None when it sees whole films): its embedded
+        segment model on PyTorch, or with ``onnx`` the export of it beside the classifier's
+        (:func:`thorax_onnx_path`)."""
+        spec = meta["preprocessing"].get("thorax_crop")
+        if not spec:
+            return None
+        seg_meta, sha, margin = spec["segment_model"], spec["sha256"], float(spec["margin"])
+        if onnx:
+            seg_path = thorax_onnx_path(path)
+            if not seg_path.is_file():
+                raise UserError(
+                    f"{seg_path}: missing; this model cuts films to the thorax and its ONNX "
+                    "export comes in two files: export it again"
+                )
+            exported = meta.get("exported_from", {}).get("sha256")
+            if read_onnx_metadata(seg_path).get("exported_from", {}).get("sha256") != exported:
+                raise UserError(f"{seg_path}: not exported with {path}; export it again")
+            return cls(Measurer(None, seg_meta, device, onnx_session(seg_path)), sha, margin)
+        _, embedded = split_embedded(load_state(path)[0])
+        model = segmenter_from_state(embedded, seg_meta, path)
+        return cls(Measurer(model, seg_meta, device), sha, margin)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """What a classifier's file says of its cut (``preprocessing.thorax_crop``)."""
+        seg = {k: v for k, v in self.measurer.meta.items() if k != "seen"}
+        return {
+            "margin": self.margin,
+            "min_cover": MIN_COVER,
+            "sha256": self.sha256,
+            "how": "the square around the heart and lungs this segment model finds, widened by "
+            "the margin (a share of its side) on each side, kept inside the film; the whole "
+            "film when the masks cover under min_cover of it",
+            "segment_model": seg,
+        }
+
+    def tensors(self) -> dict[str, Any]:
+        """The segment model's weights, for the classifier's file to carry."""
+        if self.measurer.model is None:
+            raise UserError(
+                "a thorax cut running on ONNX Runtime cannot be saved; load it with torch"
+            )
+        return dict(self.measurer.model.net.state_dict())
 
     def boxes(self, films: list[np.ndarray]) -> list[tuple[int, int, int, int] | None]:
         """Each film's :func:`thorax_box` (2-D float films in [0, 1], any sizes)."""
@@ -76,10 +142,10 @@ class ThoraxCrop:
             for f, m in zip(films, self.measurer.masks(squared), strict=True)
         ]
 
+    def box(self, film: np.ndarray) -> tuple[int, int, int, int] | None:
+        """One film's :func:`thorax_box` (data.preprocess.FilmCrop)."""
+        return self.boxes([film])[0]
+
     def __call__(self, film: np.ndarray) -> np.ndarray:
         """The film cut to its thorax (a view of it), or the whole film."""
-        box = self.boxes([film])[0]
-        if box is None:
-            return film
-        left, top, right, bottom = box
-        return film[top:bottom, left:right]
+        return cut(film, self)[0]

@@ -107,13 +107,23 @@ def load_segmenter(path: str | Path) -> tuple[SegNet, dict[str, Any]]:
     """A segment model file back as an eval-mode :class:`SegNet` and its metadata."""
     state, meta = load_state(path)
     require_task(meta, "segment", path)
+    return segmenter_from_state(state, meta, path), meta
+
+
+def segmenter_from_state(
+    state: dict[str, torch.Tensor], meta: dict[str, Any], where: str | Path
+) -> SegNet:
+    """An eval-mode :class:`SegNet` from its tensors and its model file's metadata (a segment
+    model file's, or the one a classifier embeds to cut its films)."""
     arch = meta["architecture"]
     model = SegNet(arch["name"], int(arch.get("width", 16)))
     own = model.net.state_dict()
     if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
-        raise UserError(f"{path}: weights do not fit a {arch['name']} of width {arch.get('width')}")
+        raise UserError(
+            f"{where}: weights do not fit a {arch['name']} of width {arch.get('width')}"
+        )
     model.net.load_state_dict(state)
-    return model.eval(), meta
+    return model.eval()
 
 
 def predict_masks(model: SegNet, images: torch.Tensor, device: torch.device) -> np.ndarray:

@@ -13,8 +13,10 @@ A candidate whose weights are "phantoms" starts from the demo preset's model, tr
 (``ThoraxCrop``: the square around the heart and lungs that ``--seg-model`` finds, widened by a
 tenth on each side; written once under ``OUT/thorax-crops``; no label is used to cut them).
 The ``unet-encoder`` candidates are the ``unet_encoder`` classifier: the encoder half of the
-segment task's U-Net (global average pooling, one logit); ``unet-encoder-256-seg-init`` is the
-``small-data`` preset, started from ``--seg-model SEGMODEL`` (a JSRT U-Net).
+segment task's U-Net (global average pooling, one logit) on whole films;
+``unet-encoder-256-seg-init`` is the ``small-data`` preset's recipe started from ``--seg-model
+SEGMODEL`` (a JSRT U-Net), and ``small-data`` the preset as it ships, which also cuts the films
+to the thorax with that model inside the tool (the same films as ``--crop-thorax`` gives).
 
     python benchmarks/recipes_nih.py --data ../shared/data/nih-cxr-cardiomegaly \\
         --data ../shared/data/nih-cxr-other-findings --candidates resnet18-128 inception-128 \\
@@ -73,12 +75,15 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "resnet18-128-ema": {"arch": "resnet18", "image_size": 128, "epochs": 20, "batch_size": 32,
                          "lr": 1e-3, "ema": 0.99},
     "densenet121-128": {"arch": "densenet121", "image_size": 128, "epochs": 16, "batch_size": 32},
-    # the small-data preset (the JSRT U-Net's encoder, 256 px, 16 epochs) from random weights,
-    # where all layers train from the start at lr 1e-3 ...
-    "unet-encoder-256": {"preset": "small-data"},
-    # ... and as meant: from the segment model's encoder (--seg-model), 3 epochs head only,
-    # then all layers at lr 1e-3
-    "unet-encoder-256-seg-init": {"preset": "small-data", "weights": "segment"},
+    # the small-data preset's network (the JSRT U-Net's encoder, 256 px, 16 epochs) on whole
+    # films from random weights, where all layers train from the start at lr 1e-3 ...
+    "unet-encoder-256": {"preset": "small-data", "thorax_crop": "none"},
+    # ... from the segment model's encoder (--seg-model), 3 epochs head only, then all layers
+    # at lr 1e-3 ...
+    "unet-encoder-256-seg-init": {"preset": "small-data", "weights": "segment",
+                                  "thorax_crop": "none"},
+    # ... and the preset as it ships: the same on films the segment model cuts to the thorax
+    "small-data": {"preset": "small-data", "weights": "segment"},
 }  # fmt: skip
 
 
@@ -228,6 +233,8 @@ def main() -> None:
             overrides["weights"] = args.seg_model
         config = TrainConfig.from_preset(preset, data=data, folds=args.folds, seed=args.seed,
                                          export_onnx=False, **overrides)  # fmt: skip
+        if config.thorax_crop and args.crop_thorax:
+            parser.error(f"{name} cuts films itself; leave out --crop-thorax")
         train(config, out=None if run.exists() else run, resume=run if run.exists() else None)
         minutes = (time.perf_counter() - start) / 60
         oof = pd.read_csv(run / "oof" / "predictions.csv", keep_default_na=False,

@@ -4,6 +4,8 @@ classifier that learns from cut films and carries its cut into every use."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +148,13 @@ def test_its_onnx_export_comes_in_two_files_and_answers_as_pytorch(
     got = [p.probability for p in fast.predict(films)]
     want = [p.probability for p in slow.predict(films)]
     np.testing.assert_allclose(got, want, atol=1e-4)
+    # both networks on ONNX Runtime, without loading torch (as for a model of whole films)
+    code = ("import sys\nfrom cardiomegaly.predict import Classifier\n"
+            f"c = Classifier.load({str(crop_run / 'model.safetensors')!r}, device='cpu')\n"
+            f"c.predict({str(films[0])!r})\nprint('torch' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
     shutil.copy(crop_run / "model.onnx", tmp_path / "model.onnx")  # without model.thorax.onnx
     with pytest.raises(UserError, match=r"model\.thorax\.onnx: missing.*export it again"):
         Classifier.load(tmp_path / "model.onnx")
@@ -167,6 +176,7 @@ def test_evaluation_sees_the_films_cut_as_the_model_did(crop_run, tiny_phantoms,
     # each film was trained or tuned on by one fold, by the fingerprint of its cut pixels
     result = evaluate(crop_run / "model.safetensors", tiny_phantoms, split="all", out=tmp_path)
     assert result.metrics["seen_by_model"] == result.metrics["images"] == 30
+    assert "films cut to the thorax" in (tmp_path / "report.html").read_text()
 
 
 def test_only_a_segment_model_cuts_a_classifiers_films(tiny_run, tiny_phantoms, tmp_path, capsys):
@@ -196,5 +206,8 @@ def test_thorax_crop_weights_means_the_segment_model_the_classifier_starts_from(
     cfg = TrainConfig(weights="seg.safetensors", thorax_crop="weights")
     assert cfg.thorax_crop == "seg.safetensors"
     assert TrainConfig(weights="seg.safetensors", thorax_crop="none").thorax_crop is None
-    with pytest.raises(ConfigError, match="--thorax-crop SEGMODEL"):
+    with pytest.raises(ConfigError, match="--weights SEGMODEL"):
         TrainConfig(weights="none", thorax_crop="weights")
+    assert TrainConfig.from_preset("small-data", weights="seg.safetensors").thorax_crop == (
+        "seg.safetensors"
+    )

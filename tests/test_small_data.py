@@ -51,6 +51,8 @@ def test_the_small_data_preset_trains_the_head_first_then_exports_and_explains(
     assert saved["preset"] == "small-data" and saved["backbone_lr"] == 1e-3
     meta = read_metadata(run / "model.safetensors")
     assert meta["architecture"]["name"] == "unet_encoder"
+    # the films are cut to the thorax by the segment model it starts from
+    assert meta["preprocessing"]["thorax_crop"]["sha256"] == sha256_of(segment_model)
     assert meta["training"]["weights"]["source"] == "segment model"
     # One epoch, all of it head only: the encoder, batch-norm statistics included, is untouched.
     model, _ = load_model(run / "model.safetensors")
@@ -91,4 +93,4 @@ def test_the_preset_without_a_segment_model_is_one_line_and_status_2(tiny_phanto
     code = main(["train", "--preset", "small-data", "--data", str(tiny_phantoms),
                  "--out", str(tmp_path / "run")])  # fmt: skip
     assert code == 2
-    one_line_error(capsys.readouterr().err, "no ImageNet weights", "--weights SEGMODEL")
+    one_line_error(capsys.readouterr().err, "--weights is imagenet", "--weights SEGMODEL")

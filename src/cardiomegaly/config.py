@@ -168,7 +168,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # A classifier for a few hundred films without ImageNet weights: the segment model's U-Net
     # encoder, started from that model (--weights SEGMODEL: trained on heart and lung masks, e.g.
-    # JSRT's), 3 epochs head only, then every layer at lr 1e-3 (benchmarks/recipes_nih.py).
+    # JSRT's), on films that model cuts to the thorax, 3 epochs head only, then every layer at
+    # lr 1e-3 (benchmarks/recipes_nih.py).
     "small-data": {
         "arch": "unet_encoder",
         "image_size": 256,
@@ -177,6 +178,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "head_epochs": 3,
         "unfreeze": ["all"],
         "backbone_lr": 1e-3,
+        "thorax_crop": "weights",
     },
     # Heart and lung masks from scratch: a 16-channel U-Net at 256 px (the JSRT recipe).
     "segment": {
@@ -260,8 +262,8 @@ class TrainConfig:
     preset: str | None = _opt(
         None,
         "demo: phantoms, 128 px, 12 epochs; small-data: the U-Net encoder from a segment model "
-        "(--weights SEGMODEL), 256 px, 16 epochs; segment: U-Net, 256 px, 30 epochs (implied "
-        "by --task segment)",
+        "(--weights SEGMODEL) on films it cuts to the thorax, 256 px, 16 epochs; segment: U-Net, "
+        "256 px, 30 epochs (implied by --task segment)",
         choices="presets",
     )
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -324,8 +326,9 @@ class TrainConfig:
         if self.thorax_crop == "weights":
             if self.weights in ("imagenet", "none"):
                 raise ConfigError(
-                    f"thorax_crop: 'weights' means the segment model given as --weights, not "
-                    f"'{self.weights}'; give --thorax-crop SEGMODEL, or none for whole films"
+                    f"thorax_crop: films are cut by the segment model given as --weights, and "
+                    f"--weights is {self.weights}: give --weights SEGMODEL (a model of "
+                    f"'train --task segment'), or --thorax-crop none for whole films"
                 )
             self.thorax_crop = self.weights
         if not 0 <= self.ema < 1:

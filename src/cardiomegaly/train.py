@@ -156,6 +156,8 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
     # The model first: a missing weights file or an offline download fails in seconds.
     model = build_model(cfg.arch, dropout=cfg.dropout, aux_logits=cfg.aux_logits)
     crop = ThoraxCrop.load(thorax, device=cfg.device) if thorax else None
+    if crop is not None and ddp.main:
+        log.info("thorax cut  every film cut to its heart and lungs as %s finds them", thorax)
     # Killed before the first epoch ended (no last.pt): a resume starts over, weights included.
     restart = resume is not None and (run_dir / "last.pt").is_file()
     state = RunState(weights={} if restart else load_weights(model, cfg.weights))

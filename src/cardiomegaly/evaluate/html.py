@@ -137,6 +137,11 @@ def _what_was_evaluated(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
     ]  # fmt: skip
     if "temperature" in meta.get("calibration", {}):
         rows.append(["temperature scaling", _num(meta["calibration"]["temperature"])])
+    if pre.get("thorax_crop"):
+        crop = pre["thorax_crop"]
+        rows.insert(2, ["films cut to the thorax", esc(
+            f"by the segment model {crop['sha256'][:12]} (SHA-256), the square around its heart "
+            f"and lungs widened by {crop['margin']:g} of its side on each side")])  # fmt: skip
     return "<h2>What was evaluated</h2>" + table(None, rows, numeric_from=2)
 
 

@@ -22,11 +22,12 @@ import numpy as np
 from ..artifacts import model_sha256, read_onnx_metadata
 from ..data.preprocess import cut, square_to_box, to_square
 from ..errors import UserError
-from ..model import load_state, split_embedded
 from ..runtime import onnx_session
 from .ctr import clean_masks
 from .measure import Measurer, as_dict
-from .model import segmenter_from_state
+
+# torch (the model modules) is imported where it is used: a classifier that cuts films runs both
+# networks on ONNX Runtime on a CPU, without loading torch, as one that sees whole films does.
 
 #: Below this share of the squared film, the masks are no thorax to cut to: the film stays whole.
 MIN_COVER = 0.05
@@ -108,6 +109,9 @@ class ThoraxCrop:
             if read_onnx_metadata(seg_path).get("exported_from", {}).get("sha256") != exported:
                 raise UserError(f"{seg_path}: not exported with {path}; export it again")
             return cls(Measurer(None, seg_meta, device, onnx_session(seg_path)), sha, margin)
+        from ..model import load_state, split_embedded
+        from .model import segmenter_from_state
+
         _, embedded = split_embedded(load_state(path)[0])
         model = segmenter_from_state(embedded, seg_meta, path)
         return cls(Measurer(model, seg_meta, device), sha, margin)

@@ -167,6 +167,10 @@ def test_export_writes_both_files_or_refuses_in_one_line(crop_run, tmp_path, cap
     assert not (tmp_path / "m.pt").exists()
     assert main(["export", model, "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m.thorax.onnx").is_file()
+    assert main(["export", model, "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    (tmp_path / "m.thorax.onnx").write_bytes(b"stale")  # beside a good m.onnx, not replaced
+    assert main(["export", model, "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert (tmp_path / "m.thorax.onnx").read_bytes() == b"stale"
     (tmp_path / "n.thorax.onnx").write_bytes(b"mine")  # a file of the user's is never replaced
     assert main(["export", model, "--format", "onnx", "--out", str(tmp_path / "n.onnx")]) == 2
     assert (tmp_path / "n.thorax.onnx").read_bytes() == b"mine"

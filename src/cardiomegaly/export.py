@@ -92,9 +92,11 @@ def export(
     if thorax and format != "onnx":
         raise UserError(f"{model}: cuts films to the thorax with a segment model that a "
                         "TorchScript file cannot carry; export --format onnx")  # fmt: skip
-    if thorax and not again and thorax_onnx_path(out).exists():
-        raise UserError(f"{thorax_onnx_path(out)}: exists; give another --out (nothing was "
-                        "changed)")  # fmt: skip
+    seg_out = thorax_onnx_path(out)
+    seg_again = again and is_export_of(seg_out, model)
+    if thorax and seg_out.exists() and not seg_again:
+        raise UserError(f"{seg_out}: exists, and is no export of {model}; give another --out "
+                        "(nothing was changed)")  # fmt: skip
     # Which model file this is an export of: predict's default backend uses a model.onnx only
     # when it matches the model file beside it byte for byte.
     exported_from = {"exported_from": {"sha256": sha256_of(model)}}
@@ -103,9 +105,7 @@ def export(
         _, embedded = split_embedded(load_state(model)[0])
         seg_meta = {**thorax["segment_model"], **exported_from}
         seg = segmenter_from_state(embedded, seg_meta, model)
-        seg_out = thorax_onnx_path(out)
-        again = again and is_export_of(seg_out, model)
-        difference = max(difference, _write_checked(seg, seg_meta, seg_out, "onnx", again,
+        difference = max(difference, _write_checked(seg, seg_meta, seg_out, "onnx", seg_again,
                                                      samples, seed))  # fmt: skip
     log.debug("exported %s (max probability difference %.2e)", out, difference)
     return ExportResult(out, format, difference, samples)
@@ -131,8 +131,8 @@ def _write_checked(
         difference = float(np.abs(_sigmoid(_onnx_logits(out, x)) - _sigmoid(reference)).max())
         if difference > PARITY_TOLERANCE:
             raise UserError(
-                f"{out}: an export of {meta['exported_from']} that differs from it by "
-                f"{difference:.2e}; delete it and export again"
+                f"{out}: an export of this model that differs from it by {difference:.2e}; "
+                "delete it and export again"
             )
         return difference
     out.parent.mkdir(parents=True, exist_ok=True)

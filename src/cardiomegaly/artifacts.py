@@ -70,6 +70,17 @@ def probabilities(logits: Any, meta: dict[str, Any]) -> np.ndarray:
         return (1 / (1 + np.exp(-z))).astype(np.float32)
 
 
+def beside(path: str | Path, suffix: str) -> Path:
+    """A file that belongs to model file ``path``: beside it, with its stem and ``suffix``
+    (``model.safetensors`` -> ``model.onnx``, ``model.int8.onnx`` -> ``model.thorax.onnx``).
+
+    >>> beside("runs/x/model.int8.onnx", ".thorax.onnx").as_posix()
+    'runs/x/model.thorax.onnx'
+    """
+    path = Path(path)
+    return path.with_name(path.name.split(".")[0] + suffix)
+
+
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The model metadata inside an ONNX file written by :func:`cardiomegaly.export.export`."""
     import onnx  # the protobuf reader; predict's default path reads the session's metadata

@@ -45,7 +45,7 @@ from .evaluate.metrics import choose_threshold, operating_point
 from .evaluate.report import write_report
 from .export import export_beside
 from .fileio import atomic_open
-from .model import Ensemble, load_model, load_state, read_metadata, save_model, split_embedded
+from .model import Ensemble, load_embedded, load_model, read_metadata, save_model
 from .runs import Dist, barrier, check_writable, run_folder
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,7 @@ def _pool(cfg: TrainConfig, records: Records, run_dir: Path) -> dict[str, Any]:
                           "positives": metrics["positives"], "auroc": auc["value"],
                           "auroc_ci95": auc.get("ci95")}  # fmt: skip
     # The members share one cut (the same segment model): the ensemble carries it once.
-    embedded = split_embedded(load_state(models[0])[0])[1]
-    save_model(run_dir / "model.safetensors", ensemble, meta, embedded)
+    save_model(run_dir / "model.safetensors", ensemble, meta, load_embedded(models[0]))
     ci = auc.get("ci95") or [np.nan, np.nan]
     log.info("out-of-fold AUROC %.4f (95 %% CI %.3f to %.3f; %d films, %d positive, %d folds; "
              "every film scored once, by the fold model that never saw its patient)",

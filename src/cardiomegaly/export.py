@@ -36,13 +36,13 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from scipy.special import expit
 
-from .artifacts import METADATA_KEY, is_export_of, read_onnx_metadata
+from .artifacts import METADATA_KEY, beside, is_export_of, read_onnx_metadata
 from .data.phantom import sample_films
 from .data.split import select_records
 from .errors import UserError
 from .evaluate.metrics import auroc
 from .fileio import FILE_MODE, sha256_of
-from .model import CardioNet, load_model, load_state, read_metadata, split_embedded
+from .model import CardioNet, load_embedded, load_model, read_metadata
 from .predict import Classifier
 from .segment.crop import thorax_onnx_path
 from .segment.model import SegNet, load_segmenter, segmenter_from_state
@@ -83,7 +83,7 @@ def export(
     if format not in FORMATS:
         raise UserError(f"unknown export format '{format}'; choose onnx or torchscript")
     model = Path(model)
-    out = Path(out) if out else model.with_name(model.name.split(".")[0] + FORMATS[format])
+    out = Path(out) if out else beside(model, FORMATS[format])
     again = format == "onnx" and is_export_of(out, model)  # e.g. the one training wrote
     if out.exists() and not again:
         raise UserError(f"{out}: exists; give another --out (nothing was changed)")
@@ -102,9 +102,8 @@ def export(
     exported_from = {"exported_from": {"sha256": sha256_of(model)}}
     difference = _write_checked(net, {**meta, **exported_from}, out, format, again, samples, seed)
     if thorax:
-        _, embedded = split_embedded(load_state(model)[0])
         seg_meta = {**thorax["segment_model"], **exported_from}
-        seg = segmenter_from_state(embedded, seg_meta, model)
+        seg = segmenter_from_state(load_embedded(model), seg_meta, model)
         difference = max(difference, _write_checked(seg, seg_meta, seg_out, "onnx", seg_again,
                                                      samples, seed))  # fmt: skip
     log.debug("exported %s (max probability difference %.2e)", out, difference)
@@ -262,7 +261,7 @@ def quantize_int8(
     0.005.
     """
     onnx_fp32 = Path(onnx_fp32)
-    out = Path(out) if out else onnx_fp32.with_name(onnx_fp32.name.split(".")[0] + ".int8.onnx")
+    out = Path(out) if out else beside(onnx_fp32, ".int8.onnx")
     if out.exists():
         raise UserError(f"{out}: exists; give another --out (nothing was changed)")
     meta = read_onnx_metadata(onnx_fp32)

@@ -570,6 +570,17 @@ def split_embedded(
     return own, embedded
 
 
+def load_embedded(path: str | Path) -> dict[str, torch.Tensor]:
+    """The segment model a classifier's file carries (unprefixed; empty when it has none), read
+    without the classifier's own tensors."""
+    try:
+        with safe_open(Path(path), framework="pt", device="cpu") as f:
+            names = [k for k in f.keys() if k.startswith(EMBEDDED_PREFIX)]  # noqa: SIM118
+            return {k[len(EMBEDDED_PREFIX) :]: f.get_tensor(k) for k in names}
+    except Exception:
+        raise UserError(f"{path}: model weights cannot be read (truncated file?)") from None
+
+
 def load_model(path: str | Path) -> tuple[CardioNet | Ensemble, dict[str, Any]]:
     """A model file back as an eval-mode :class:`CardioNet` (or the :class:`Ensemble` that
     ``train --folds`` writes) and its metadata.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnxruntime as ort
 
-from .artifacts import METADATA_KEY, read_onnx_metadata
+from .artifacts import METADATA_KEY, beside, read_onnx_metadata
 from .errors import UserError
 from .fileio import sha256_of
 from .progress import progress_bar
@@ -160,9 +160,7 @@ def onnx_backend(
         raise UserError(f"unknown backend '{backend}'; choose auto, torch or onnx")
     if path.suffix == ".onnx":
         backend = "onnx"
-    onnx_path = (
-        path if path.suffix == ".onnx" else path.with_name(path.name.split(".")[0] + ".onnx")
-    )
+    onnx_path = path if path.suffix == ".onnx" else beside(path, ".onnx")
     if backend == "auto" and onnx_path.is_file() and not cuda_wanted(device):
         try:
             session = onnx_session(onnx_path)

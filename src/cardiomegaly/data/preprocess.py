@@ -51,22 +51,23 @@ def to_square(arr: np.ndarray, size: int, resize: str = "pad") -> np.ndarray:
         out = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
         return np.clip(out, 0.0, 1.0)
     h, w = arr.shape
-    scale = size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    _, _, left, top, nw, nh = _placement(w, h, size, resize)
     small = np.asarray(im.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.float32)
     canvas = np.zeros((size, size), dtype=np.float32)
-    top, left = (size - nh) // 2, (size - nw) // 2
     canvas[top : top + nh, left : left + nw] = small
     return np.clip(canvas, 0.0, 1.0)
 
 
-def _placement(width: int, height: int, size: int, resize: str) -> tuple[float, float, int, int]:
-    """Where :func:`to_square` puts a ``width`` x ``height`` film: x and y scale, left and top."""
+def _placement(
+    width: int, height: int, size: int, resize: str
+) -> tuple[float, float, int, int, int, int]:
+    """Where :func:`to_square` puts a ``width`` x ``height`` film: x and y scale, left and top,
+    and the width and height it is resized to."""
     if resize == "squash":
-        return size / width, size / height, 0, 0
+        return size / width, size / height, 0, 0, size, size
     scale = size / max(width, height)
     nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
-    return scale, scale, (size - nw) // 2, (size - nh) // 2
+    return scale, scale, (size - nw) // 2, (size - nh) // 2, nw, nh
 
 
 def box_to_square(
@@ -78,7 +79,7 @@ def box_to_square(
     (50.0, 25.0, 25.0, 25.0)
     """
     x, y, bw, bh = box
-    sx, sy, left, top = _placement(width, height, size, resize)
+    sx, sy, left, top, _, _ = _placement(width, height, size, resize)
     return left + x * sx, top + y * sy, bw * sx, bh * sy
 
 
@@ -92,7 +93,7 @@ def square_to_box(
     (100.0, 0.0, 50.0, 50.0)
     """
     x, y, bw, bh = box
-    sx, sy, left, top = _placement(width, height, size, resize)
+    sx, sy, left, top, _, _ = _placement(width, height, size, resize)
     return (x - left) / sx, (y - top) / sy, bw / sx, bh / sy
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import model_sha256, read_onnx_metadata
+from ..artifacts import beside, model_sha256, read_onnx_metadata
 from ..data.preprocess import cut, square_to_box, to_square
 from ..errors import UserError
 from ..runtime import onnx_session
@@ -69,8 +69,7 @@ def thorax_box(
 def thorax_onnx_path(path: str | Path) -> Path:
     """Where the ONNX export of a classifier's embedded segment model lies: beside the
     classifier's own export (``model.onnx``, ``model.int8.onnx``: ``model.thorax.onnx``)."""
-    path = Path(path)
-    return path.with_name(path.name.split(".")[0] + ".thorax.onnx")
+    return beside(path, ".thorax.onnx")
 
 
 class ThoraxCrop:
@@ -109,11 +108,10 @@ class ThoraxCrop:
             if read_onnx_metadata(seg_path).get("exported_from", {}).get("sha256") != exported:
                 raise UserError(f"{seg_path}: not exported with {path}; export it again")
             return cls(Measurer(None, seg_meta, device, onnx_session(seg_path)), sha, margin)
-        from ..model import load_state, split_embedded
+        from ..model import load_embedded
         from .model import segmenter_from_state
 
-        _, embedded = split_embedded(load_state(path)[0])
-        model = segmenter_from_state(embedded, seg_meta, path)
+        model = segmenter_from_state(load_embedded(path), seg_meta, path)
         return cls(Measurer(model, seg_meta, device), sha, margin)
 
     def to_metadata(self) -> dict[str, Any]:

@@ -116,6 +116,20 @@ def test_an_ensemble_has_no_test_split_of_its_own_data(cv_run, tiny_phantoms, ca
     one_line_error(capsys.readouterr().err, "cross-validation folds", "oof", "--split all")
 
 
+def test_an_ensembles_report_says_how_its_members_were_chosen(cv_run, tiny_phantoms, tmp_path):
+    members = [read_metadata(cv_run / f"fold{k}" / "model.safetensors")["training"]["val_auroc"]
+               for k in range(3)]  # fmt: skip
+    between = f"their validation AUROC {min(members):.3f} to {max(members):.3f}"
+    pooled = (cv_run / "oof" / "report.html").read_text()
+    assert "ensemble of 3 fold models" in pooled and between in pooled
+    assert "n/a" not in pooled.split("model selection")[1].split("</tr>")[0]
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(cv_run / "model.safetensors"), "--data", str(tiny_phantoms),
+                 "--split", "all", "--out", str(out)]) == 0  # fmt: skip
+    oof = read_metadata(cv_run / "model.safetensors")["evaluation"]
+    assert f"pooled out-of-fold AUROC {oof['auroc']:.3f}" in (out / "report.html").read_text()
+
+
 def test_a_resumed_cross_validation_skips_finished_folds(cv_run, tmp_path):
     import shutil
 

@@ -523,8 +523,6 @@ def _check_metadata(path: Path, meta: dict[str, Any], task: str) -> None:
             return
         if meta["architecture"]["name"] not in ARCHS:
             raise ValueError(f"unknown architecture {meta['architecture']['name']!r}")
-        if not isinstance(pre["image_size"], int):
-            raise ValueError(f"image_size {pre['image_size']!r} is not a whole number")
         PreprocessConfig(pre["image_size"], pre["resize"])
         if pre.get("thorax_crop"):
             crop = pre["thorax_crop"]

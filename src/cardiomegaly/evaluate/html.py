@@ -112,6 +112,21 @@ def page(title: str, sections: list[str]) -> str:
     )
 
 
+def _model_selection(meta: dict[str, Any]) -> list[str]:
+    """How the model was chosen: one run's best validation AUROC, or an ensemble's folds."""
+    training = meta.get("training", {})
+    if "folds" not in training:
+        return ["validation AUROC (model selection)", _num(training.get("val_auroc"))]
+    aurocs = [a for a in training.get("fold_val_auroc", []) if a is not None]
+    text = f"ensemble of {training['folds']} fold models"
+    if aurocs:
+        text += f"; their validation AUROC {min(aurocs):.3f} to {max(aurocs):.3f}"
+    oof = meta.get("evaluation", {})
+    if oof.get("split") == "out-of-fold" and oof.get("auroc") is not None:
+        text += f"; pooled out-of-fold AUROC {oof['auroc']:.3f}{_ci(oof.get('auroc_ci95'))}"
+    return ["model selection", esc(text)]
+
+
 def _what_was_evaluated(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
     training = meta.get("training", {})
     pre, threshold = meta["preprocessing"], meta["threshold"]
@@ -125,7 +140,7 @@ def _what_was_evaluated(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
                             f"{pre['resize']}")],
         ["trained on", esc(f"{training.get('data', 'unknown')} {trained_on}")],
         ["weights at start", esc(training.get("weights", {}).get("source", "unknown"))],
-        ["validation AUROC (model selection)", _num(training.get("val_auroc"))],
+        _model_selection(meta),
         ["threshold", esc(f"{threshold['value']:.4f}, rule {threshold['rule']}, chosen on the "
                          f"{threshold.get('chosen_on', '?')}")],
         ["evaluated on", esc(f"{metrics.get('data', '')} ({metrics.get('format', '')}), "

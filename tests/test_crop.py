@@ -3,6 +3,7 @@ classifier that learns from cut films and carries its cut into every use."""
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import subprocess
 import sys
@@ -174,6 +175,25 @@ def test_export_writes_both_files_or_refuses_in_one_line(crop_run, tmp_path, cap
     (tmp_path / "n.thorax.onnx").write_bytes(b"mine")  # a file of the user's is never replaced
     assert main(["export", model, "--format", "onnx", "--out", str(tmp_path / "n.onnx")]) == 2
     assert (tmp_path / "n.thorax.onnx").read_bytes() == b"mine"
+
+
+def test_its_int8_export_cuts_films_with_the_segment_model_exported_beside_it(
+    crop_run, tiny_phantoms, tmp_path, monkeypatch
+):
+    export_module = importlib.import_module("cardiomegaly.export")  # not the export() function
+    monkeypatch.setattr(export_module, "INT8_MAX_AUROC_CHANGE", 1.0)  # keep whatever it scores
+    out = tmp_path / "m.onnx"
+    member = crop_run / "fold0" / "model.safetensors"  # an ensemble has no train split
+    assert main(["export", str(member), "--format", "onnx", "--out",
+                 str(out), "--int8", "--data", str(tiny_phantoms)]) == 0  # fmt: skip
+    int8, fp32 = Classifier.load(tmp_path / "m.int8.onnx"), Classifier.load(out)
+    assert (int8.backend, int8.crop.measurer.backend) == ("onnx", "onnx")
+    for film in _films(tiny_phantoms)[:4]:  # the int8 network sees the film cut as fp32's does
+        assert np.array_equal(int8.preprocess(film), fp32.preprocess(film))
+        assert 0 <= int8.predict(film).probability <= 1
+    (tmp_path / "m.thorax.onnx").unlink()
+    with pytest.raises(UserError, match=r"m\.thorax\.onnx: missing"):
+        Classifier.load(tmp_path / "m.int8.onnx")
 
 
 def test_evaluation_sees_the_films_cut_as_the_model_did(crop_run, tiny_phantoms, tmp_path):

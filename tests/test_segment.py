@@ -333,11 +333,10 @@ def test_evaluate_on_mask_data_gives_dice_iou_and_the_ratio_error_with_intervals
     assert "patient" not in films.columns and len(films) == metrics["films"]
 
 
-def test_evaluate_on_classification_data_scores_the_ratio_overall_and_per_view(
-    seg_run, seg_phantoms, tmp_path
-):
+def _labels_only(seg_phantoms: Path, folder: Path) -> Path:
+    """The phantoms as classification data: a generic CSV (path, label, patient, view) and its
+    data YAML; no masks."""
     table = pd.read_csv(seg_phantoms / "phantoms.csv")
-    data = tmp_path / "labels.csv"  # a generic CSV: path, label, patient, view; no masks
     pd.DataFrame(
         {
             "path": [str(seg_phantoms / p) for p in table["image"]],
@@ -345,12 +344,19 @@ def test_evaluate_on_classification_data_scores_the_ratio_overall_and_per_view(
             "patient": table["patient"],
             "view": table["view"],
         }
-    ).to_csv(data, index=False)
-    yaml = tmp_path / "data.yaml"
+    ).to_csv(folder / "labels.csv", index=False)
+    yaml = folder / "data.yaml"
     yaml.write_text(
         "format: csv\ncsv: labels.csv\ncolumns: {path: path, label: label, "
         "patient: patient, view: view}\n"
     )
+    return yaml
+
+
+def test_evaluate_on_classification_data_scores_the_ratio_overall_and_per_view(
+    seg_run, seg_phantoms, tmp_path
+):
+    yaml = _labels_only(seg_phantoms, tmp_path)
     out = tmp_path / "eval"
     assert (
         main(
@@ -395,6 +401,29 @@ def test_evaluate_on_classification_data_scores_the_ratio_overall_and_per_view(
     aware = json.loads((test / "metrics.json").read_text())["view_aware"]
     assert set(aware["thresholds"]) <= {"PA", "AP"} and "validation split" in aware["chosen_on"]
     assert 0 <= aware["auroc"]["value"] <= 1 and "View-aware" in (test / "report.html").read_text()
+
+
+def test_evaluate_reports_a_model_that_measures_no_film_instead_of_failing(
+    seg_run, seg_phantoms, tmp_path, monkeypatch, capsys
+):
+    # A model that finds no organ (e.g. stopped before it learnt anything): every film flagged.
+    monkeypatch.setattr(Measurer, "masks", lambda self, images: np.zeros(
+        (len(images), len(MASK_CLASSES), *images.shape[1:]), bool))  # fmt: skip
+    out = tmp_path / "eval"
+    model = str(seg_run / "model.safetensors")
+    assert main(["evaluate", model, "--data", str(seg_phantoms), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["flagged"] == metrics["films"] and metrics["ctr_error"]["mae"]["value"] is None
+    assert metrics["dice"]["heart"]["value"] == 0
+    printed = capsys.readouterr().out
+    assert "no film measured" in printed
+    assert "no film measured" in (out / "report.html").read_text()
+    labels = _labels_only(seg_phantoms, tmp_path)  # no ratio to score, no view to threshold
+    out = tmp_path / "eval-labels"
+    assert main(["evaluate", model, "--data", str(labels), "--split", "test", "--out",
+                 str(out)]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["auroc"]["value"] is None and "view_aware" not in metrics
 
 
 # ------------------------------------------------------------------ beside the classifier

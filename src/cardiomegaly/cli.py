@@ -277,8 +277,11 @@ def _evaluate_segmenter(model: str, data: str, options: dict) -> int:
         for organ, d in m["dice"].items():
             print(f"Dice        {organ:<11} {d['value']:.4f} (95 % CI {_ci(d['ci95'])})")
         mae = m["ctr_error"]["mae"]
-        print(f"ratio       mean absolute error {mae['value']:.4f} (95 % CI {_ci(mae['ci95'])}) "
-              f"against the reference ratio")  # fmt: skip
+        if mae["value"] is None:
+            print("ratio       no film measured: every film was flagged (see predictions.csv)")
+        else:
+            print(f"ratio       mean absolute error {mae['value']:.4f} (95 % CI "
+                  f"{_ci(mae['ci95'])}) against the reference ratio")  # fmt: skip
     else:
         a = m["auroc"]
         print(f"AUROC       {_num(a['value'])} (95 % CI {_ci(a.get('ci95'))}) of the ratio as a "

@@ -74,8 +74,12 @@ def evaluate_segmenter(
     metrics = _metrics(frame, n_boot, seed) | context
     if "ctr_reference" not in frame and split == "test":  # thresholds per view, on validation
         _, val_table, _ = select_records(model, meta, data, "val")
-        val = _measure(measurer, val_table, batch_size, cache_dir)
-        metrics["view_aware"] = _view_aware(val, frame, n_boot, seed)
+        val = _measure(measurer, val_table, batch_size, cache_dir).dropna(subset=["ctr"])
+        if val["label"].nunique() == 2 and frame["ctr"].notna().any():
+            metrics["view_aware"] = _view_aware(val, frame, n_boot, seed)
+        else:
+            log.warning("no view-aware score: it needs measured films of both classes in the "
+                        "validation split and measured test films")  # fmt: skip
     with atomic_open(folder / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         frame.drop(columns=["patient"]).round(5).to_csv(f, index=False)
     figures = _figures(folder, frame, metrics)
@@ -109,8 +113,7 @@ def _view_aware(val: pd.DataFrame, test: pd.DataFrame, n_boot: int, seed: int) -
     """An AP film magnifies the heart, so one threshold for both views loses. Each view gets
     its own threshold on the ratio (Youden's J on the validation split; views with one class
     there take the threshold of all films), and the score is the ratio minus its view's
-    threshold: one scale on which AP and PA films compare."""
-    val = val.dropna(subset=["ctr"])
+    threshold: one scale on which AP and PA films compare. ``val`` holds measured films only."""
     overall = choose_threshold(val["label"], val["ctr"], "youden")
     thresholds = {}
     for view, group in val.groupby("view"):
@@ -137,6 +140,8 @@ def _view_aware(val: pd.DataFrame, test: pd.DataFrame, n_boot: int, seed: int) -
 
 
 def _mean_with_ci(values: np.ndarray, weights_iter) -> dict[str, Any]:
+    if not len(values):
+        return {"value": None, "undefined": "no film"}
     boot = np.array([np.average(values, weights=w) for w in weights_iter if w.sum() > 0])
     return {"value": float(np.mean(values)), "ci95": percentile_interval(boot)}
 
@@ -292,12 +297,18 @@ def _report(metrics: dict[str, Any], meta: dict[str, Any], figures: dict[str, Pa
         sections += [
             "<h2>Outlines</h2>" + table(["organ", "Dice (95 % CI)", "IoU (95 % CI)"], organs),
             "<h2>The ratio against the reference ratio</h2>",
-            f"<p class='headline'>mean absolute error <b>{_ci(err['mae'])}</b>; bias "
-            f"{err['bias']:+.4f}"
-            + (f", limits of agreement {loa[0]:+.3f} to {loa[1]:+.3f}" if loa else "")
-            + "; AUROC for a reference ratio over 0.5: "
-            + f"{_ci(metrics['auroc_ratio_over_0_5'])}.</p>",
         ]
+        if err["bias"] is None:
+            sections.append("<p class='headline'>no film measured: every film was flagged (the "
+                            "reasons are in predictions.csv).</p>")  # fmt: skip
+        else:
+            sections.append(
+                f"<p class='headline'>mean absolute error <b>{_ci(err['mae'])}</b>; bias "
+                f"{err['bias']:+.4f}"
+                + (f", limits of agreement {loa[0]:+.3f} to {loa[1]:+.3f}" if loa else "")
+                + "; AUROC for a reference ratio over 0.5: "
+                + f"{_ci(metrics['auroc_ratio_over_0_5'])}.</p>"
+            )
     else:
         views = [
             [esc(v), _ci(a), str(a.get("n", "")), str(a.get("positives", ""))]

@@ -147,3 +147,22 @@ def test_a_resumed_cross_validation_skips_finished_folds(cv_run, tmp_path):
         assert (run / f"fold{k}" / "model.safetensors").stat().st_mtime_ns == before[k]
     assert read_metadata(run / "fold2" / "model.safetensors")["evaluation"]["split"] == "test"
     assert read_metadata(run / "model.safetensors")["architecture"]["members"] == 3
+
+
+def test_a_resume_on_data_whose_patients_changed_is_refused(cv_run, tiny_phantoms, tmp_path):
+    import shutil
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(tiny_phantoms, data)
+    shutil.copytree(cv_run, run, ignore=shutil.ignore_patterns("*.onnx"))
+    shutil.rmtree(run / "fold2")  # killed during the last fold
+    config = (run / "config.yaml").read_text().replace(str(tiny_phantoms), str(data))
+    (run / "config.yaml").write_text(config)
+    table = pd.read_csv(data / "phantoms.csv", dtype={"patient": str})
+    gone = table["patient"].iloc[0]
+    table[table["patient"] != gone].to_csv(data / "phantoms.csv", index=False)
+    folds = (run / "folds.csv").read_bytes()
+    with pytest.raises(UserError, match=r"data changed since this run began \(0 patients added, "
+                       r"1 gone\).*start a new run"):  # fmt: skip
+        train(resume=run)
+    assert (run / "folds.csv").read_bytes() == folds and not (run / "fold2").exists()

@@ -79,11 +79,15 @@ def train_folds(
         cfg = dataclasses.replace(cfg, ctr_model=os.path.abspath(cfg.ctr_model))
         Measurer.load(cfg.ctr_model, device=cfg.device)
     records = load_records(cfg.data, cfg.data_config)
-    folds = patient_folds(records, cfg.folds, cfg.split.seed)
+    saved = run_dir / "folds.csv"
+    if resume and saved.is_file():  # finished folds were tested on these patients: keep them
+        folds = _saved_folds(records, saved)
+    else:
+        folds = patient_folds(records, cfg.folds, cfg.split.seed)
     if ddp.main:
         check_writable(run_dir)
         save_yaml(cfg, run_dir / "config.yaml")  # as resolved (a resume may add ctr_model)
-        _save_folds(records, folds, run_dir / "folds.csv")
+        _save_folds(records, folds, saved)
     results = []
     for k in range(cfg.folds):
         fold_dir = run_dir / f"fold{k}"
@@ -113,6 +117,21 @@ def _finished(fold_dir: Path) -> bool:
     """A fold whose best model has been evaluated on its test fold (training's last step)."""
     model = fold_dir / "model.safetensors"
     return model.is_file() and "evaluation" in read_metadata(model)
+
+
+def _saved_folds(records: Records, path: Path) -> pd.Series:
+    """The fold of every row as ``folds.csv`` assigned it when the run began; a resume on data
+    whose patients changed since is refused (dealt again, a patient a finished fold trained on
+    could land in another fold's test split)."""
+    saved = pd.read_csv(path, dtype={"patient": str}).set_index("patient")["fold"]
+    now = set(records.table["patient"])
+    added, gone = len(now - set(saved.index)), len(set(saved.index) - now)
+    if added or gone:
+        raise UserError(
+            f"{path.parent}: the data changed since this run began ({added} patients added, "
+            f"{gone} gone), so its folds no longer hold; start a new run"
+        )
+    return records.table["patient"].map(saved).astype(int).rename("fold")
 
 
 def _save_folds(records: Records, folds: pd.Series, path: Path) -> None:

@@ -15,7 +15,7 @@ from cardiomegaly.cli import main
 from cardiomegaly.config import SplitConfig, from_dict
 from cardiomegaly.data.split import patient_split, save_splits, select_records
 from cardiomegaly.evaluate.report import assess
-from makers import scored_table, write_jpeg, write_two_nih
+from makers import scored_table, write_jpeg, write_nih, write_two_nih
 
 
 def test_a_folder_with_a_data_yaml_is_read_by_it(tmp_path):
@@ -64,6 +64,29 @@ def test_the_same_folder_twice_is_not_two_copies_of_its_films(tmp_path):
     assert len(twice) == len(load_records(cardio))
     assert twice.sources == ["cardio", "cardio#2"]
     assert sum(twice.excluded.values()) == len(twice)
+
+
+def test_one_film_in_two_folders_of_its_dataset_is_one_film(tmp_path):
+    both_have = ("00000001_000.png", "Cardiomegaly|Effusion", "1", "PA")  # one Image Index
+    write_nih(tmp_path / "a", [both_have, ("00000002_000.png", "No Finding", "2", "PA")])
+    write_nih(tmp_path / "b", [both_have, ("00000003_000.png", "Effusion", "3", "AP")],
+              stored_as=".png")  # fmt: skip
+    (tmp_path / "b" / "data.yaml").write_text("format: nih\nnegatives: all-others\n")
+    records = load_records([tmp_path / "a", tmp_path / "b"])
+    assert len(records) == 3 and records.positives == 1
+    assert records.excluded == {
+        "the same film (its image id) in two sources (kept in the first)": 1
+    }
+    kept = records.table[records.table["patient"] == "nih:1"]
+    assert kept["source"].tolist() == ["a"]
+    # another dataset's file names are no ids: two hospitals' 1.jpg are two films
+    for name in ("hospital_a", "hospital_b"):
+        write_jpeg(tmp_path / name / "1.jpg")
+        pd.DataFrame({"path": ["1.jpg"], "label": [1], "patient": ["7"]}).to_csv(
+            tmp_path / name / "labels.csv", index=False
+        )
+    assert len(load_records([tmp_path / "hospital_a" / "labels.csv",
+                             tmp_path / "hospital_b" / "labels.csv"])) == 2  # fmt: skip
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -127,7 +127,8 @@ def test_an_ensembles_report_says_how_its_members_were_chosen(cv_run, tiny_phant
     assert main(["evaluate", str(cv_run / "model.safetensors"), "--data", str(tiny_phantoms),
                  "--split", "all", "--out", str(out)]) == 0  # fmt: skip
     oof = read_metadata(cv_run / "model.safetensors")["evaluation"]
-    assert f"pooled out-of-fold AUROC {oof['auroc']:.3f}" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert f"pooled out-of-fold AUROC {oof['auroc']:.3f}" in page
 
 
 def test_a_resumed_cross_validation_skips_finished_folds(cv_run, tmp_path):

@@ -158,6 +158,19 @@ def test_evaluation_of_a_model_on_some_of_its_sources_uses_its_split(tmp_path):
     assert sorted(test_all["path"]) == sorted(both.table[split == "test"]["path"])
 
 
+def test_the_report_names_each_source_it_was_trained_and_evaluated_on():
+    html = importlib.import_module("cardiomegaly.evaluate.html")
+    meta = {"training": {"data": ["nih/a", "nih/b"], "val_auroc": 0.9},
+            "preprocessing": {"image_size": 75, "resize": "pad"},
+            "architecture": {"name": "inception_v3"},
+            "threshold": {"value": 0.5, "rule": "youden", "chosen_on": "validation"}}  # fmt: skip
+    metrics = {"data": ["nih/a", "nih/b"], "format": "nih", "split": "test", "images": 4,
+               "patients": 2, "positives": 2, "negatives": 2, "prevalence": 0.5}  # fmt: skip
+    rows = html._what_was_evaluated(metrics, meta)
+    assert "nih/a + nih/b (nih), split: test" in rows and "nih/a + nih/b " in rows
+    assert "[" not in rows.split("trained on")[1].split("</tr>")[0]
+
+
 def test_auroc_by_kind_of_negative_shows_the_shortcut():
     # The score knows the healthy films (all low), not the heart: against other-finding
     # negatives it is at chance.

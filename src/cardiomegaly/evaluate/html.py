@@ -112,6 +112,11 @@ def page(title: str, sections: list[str]) -> str:
     )
 
 
+def _sources(data: str | list[str]) -> str:
+    """One source as it is, several joined: "a + b"."""
+    return data if isinstance(data, str) else " + ".join(data)
+
+
 def _model_selection(meta: dict[str, Any]) -> list[str]:
     """How the model was chosen: one run's best validation AUROC, or an ensemble's folds."""
     training = meta.get("training", {})
@@ -138,12 +143,12 @@ def _what_was_evaluated(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
         ["model", esc(metrics.get("model", ""))],
         ["architecture", esc(f"{meta['architecture']['name']}, {pre['image_size']} px, "
                             f"{pre['resize']}")],
-        ["trained on", esc(f"{training.get('data', 'unknown')} {trained_on}")],
+        ["trained on", esc(f"{_sources(training.get('data', 'unknown'))} {trained_on}")],
         ["weights at start", esc(training.get("weights", {}).get("source", "unknown"))],
         _model_selection(meta),
         ["threshold", esc(f"{threshold['value']:.4f}, rule {threshold['rule']}, chosen on the "
                          f"{threshold.get('chosen_on', '?')}")],
-        ["evaluated on", esc(f"{metrics.get('data', '')} ({metrics.get('format', '')}), "
+        ["evaluated on", esc(f"{_sources(metrics.get('data', ''))} ({metrics.get('format', '')}), "
                             f"split: {metrics.get('split', '')}")],
         ["records", esc(f"{metrics['images']} images, {metrics['patients']} patients, "
                        f"{metrics['positives']} positive, {metrics['negatives']} negative "

@@ -112,8 +112,8 @@ def page(title: str, sections: list[str]) -> str:
     )
 
 
-def _sources(data: str | list[str]) -> str:
-    """One source as it is, several joined: "a + b"."""
+def sources_text(data: str | list[str]) -> str:
+    """The data a report names: one source as it is, several joined ("a + b")."""
     return data if isinstance(data, str) else " + ".join(data)
 
 
@@ -143,13 +143,13 @@ def _what_was_evaluated(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
         ["model", esc(metrics.get("model", ""))],
         ["architecture", esc(f"{meta['architecture']['name']}, {pre['image_size']} px, "
                             f"{pre['resize']}")],
-        ["trained on", esc(f"{_sources(training.get('data', 'unknown'))} {trained_on}")],
+        ["trained on", esc(f"{sources_text(training.get('data', 'unknown'))} {trained_on}")],
         ["weights at start", esc(training.get("weights", {}).get("source", "unknown"))],
         _model_selection(meta),
         ["threshold", esc(f"{threshold['value']:.4f}, rule {threshold['rule']}, chosen on the "
                          f"{threshold.get('chosen_on', '?')}")],
-        ["evaluated on", esc(f"{_sources(metrics.get('data', ''))} ({metrics.get('format', '')}), "
-                            f"split: {metrics.get('split', '')}")],
+        ["evaluated on", esc(f"{sources_text(metrics.get('data', ''))} "
+                            f"({metrics.get('format', '')}), split: {metrics.get('split', '')}")],
         ["records", esc(f"{metrics['images']} images, {metrics['patients']} patients, "
                        f"{metrics['positives']} positive, {metrics['negatives']} negative "
                        f"(prevalence {_num(metrics['prevalence'])})")],

@@ -21,7 +21,7 @@ from ..data.records import DataArg, data_label
 from ..data.sources.masks import mask_columns
 from ..data.split import select_records
 from ..evaluate import plots
-from ..evaluate.html import esc, figures_section, page, table
+from ..evaluate.html import esc, figures_section, page, sources_text, table
 from ..evaluate.metrics import (
     auroc,
     choose_threshold,
@@ -273,7 +273,7 @@ def _report(metrics: dict[str, Any], meta: dict[str, Any], figures: dict[str, Pa
             "network",
             esc(f"{meta['architecture']['name']}, {meta['preprocessing']['image_size']} px"),
         ],
-        ["evaluated on", esc(f"{metrics['data']}, split: {metrics['split']}")],
+        ["evaluated on", esc(f"{sources_text(metrics['data'])}, split: {metrics['split']}")],
         [
             "films",
             esc(

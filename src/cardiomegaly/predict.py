@@ -280,13 +280,21 @@ def predict_files(
         return list(clf.predict_many(paths, batch_size, workers, progress, total=len(paths)))
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group("gloo")  # only Python objects travel: gloo on CPU and GPU alike
-    rank = dist.get_rank()
-    shard = paths[rank::world]
-    mine = list(clf.predict_many(shard, batch_size, workers, progress and rank == 0, len(shard)))
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, mine)
+    try:
+        rank = dist.get_rank()
+        shard = paths[rank::world]
+        mine = list(clf.predict_many(shard, batch_size, workers, progress and rank == 0,
+                                     len(shard)))  # fmt: skip
+        parts: list[Any] = [None] * world
+        dist.all_gather_object(parts, mine)
+    finally:
+        # Not left for the interpreter's exit to tear down: there it aborted a rank once
+        # ("terminate called without an active exception") while the other wrote the results.
+        if owned:
+            dist.destroy_process_group()
     return [parts[i % world][i // world] for i in range(len(paths))]
 
 

@@ -166,7 +166,7 @@ def _serving(app):
 
 
 def test_a_huge_header_is_refused_by_the_server_and_it_keeps_serving(tiny_run, film):
-    import httpx
+    import httpx2 as httpx
 
     with _serving(create_app(tiny_run / "model.safetensors")) as port:
         url = f"http://127.0.0.1:{port}"

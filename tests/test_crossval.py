@@ -16,7 +16,7 @@ from cardiomegaly.data.split import fold_split, patient_folds
 from cardiomegaly.export import export
 from cardiomegaly.model import Ensemble, load_model, read_metadata
 from cardiomegaly.serve import create_app
-from makers import one_line_error, write_png, write_two_nih
+from makers import copy_run_to_resume, one_line_error, write_png, write_two_nih
 
 
 @pytest.mark.parametrize("k", [2, 5])
@@ -134,14 +134,11 @@ def test_an_ensembles_report_says_how_its_members_were_chosen(cv_run, tiny_phant
 def test_a_resumed_cross_validation_skips_finished_folds(cv_run, tmp_path):
     import shutil
 
-    run = tmp_path / "run"
-    shutil.copytree(cv_run, run, ignore=shutil.ignore_patterns("*.onnx"))
+    run = copy_run_to_resume(cv_run, tmp_path / "run")
     assert not list(run.glob("fold*/last.pt"))  # finished folds keep no resume state
     before = {k: (run / f"fold{k}" / "model.safetensors").stat().st_mtime_ns for k in range(3)}
     shutil.rmtree(run / "fold2")  # killed during the last fold
     (run / "model.safetensors").unlink()
-    config = (run / "config.yaml").read_text()
-    (run / "config.yaml").write_text(config.replace("export_onnx: true", "export_onnx: false"))
     result = train(resume=run)
     assert len(result.folds) == 3 and result.folds[0] is None and result.folds[1] is None
     for k in range(2):

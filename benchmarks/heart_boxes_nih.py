@@ -40,8 +40,7 @@ def measure_boxed(model: str, data: str) -> pd.DataFrame:
         box = (rec["box_x"], rec["box_y"], rec["box_w"], rec["box_h"])
         x, _, w, _ = box_to_square(box, width, height, measurer.image_size, measurer.resize)
         m = got.measurement
-        heart = None if m is None or m.heart is None else m.heart
-        thorax = None if m is None or m.thorax is None else m.thorax
+        heart, thorax = (None, None) if m is None else (m.heart, m.thorax)
         rows.append({
             "film": Path(rec["path"]).name,  # the file name, as predict's CSV has its path
             "patient": rec["patient"],

@@ -51,7 +51,7 @@ def measure_boxed(model: str, data: str) -> pd.DataFrame:
             "heart_right": heart.right[0] + 1 if heart else np.nan,
             "heart_width": heart.width if heart else np.nan,
             "thorax_width": thorax.width if thorax else np.nan,
-            "ctr": m.ctr if m is not None and m.ctr is not None else np.nan,
+            "ctr": np.nan if got.ctr is None else got.ctr,
         })  # fmt: skip
     return pd.DataFrame(rows)
 

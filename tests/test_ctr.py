@@ -54,6 +54,16 @@ def test_implausible_geometry_is_flagged_with_the_reason_not_a_number(change, re
     assert m.ctr is None and m.quality.startswith("flagged") and reason in m.quality
 
 
+def test_a_heart_whose_widest_row_lies_below_the_lungs_is_flagged_but_not_one_reaching_lower():
+    low = chest_masks(heart_rows=(30, 62))  # lungs span rows 10-55
+    low["heart"][58:62, 26:54] = True  # widest on rows 58-61, below the lungs
+    m = measure_ctr(low)
+    assert m.ctr is None and "heart's diameter lies outside the lungs' height" in m.quality
+    reaching = chest_masks(heart_rows=(30, 62))  # runs below, but widest beside the lungs
+    reaching["heart"][40:44, 26:54] = True
+    assert measure_ctr(reaching).quality == "ok"
+
+
 def test_a_ratio_no_chest_has_is_flagged():
     narrow = measure_ctr(chest_masks(heart=(39, 41)), min_area=0.0)  # 3 of 65 px: 0.05
     assert narrow.ctr is None and "outside 0.25-0.85" in narrow.quality

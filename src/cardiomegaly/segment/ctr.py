@@ -144,12 +144,13 @@ def measure_ctr(
                 f"{organ.replace('_', ' ')} missing or tiny ({100 * area:.1f} % of the film)"
             )
     heart = horizontal_extent(masks["heart"])
-    thorax = horizontal_extent(masks["left_lung"] | masks["right_lung"])
+    lungs = masks["left_lung"] | masks["right_lung"]
+    thorax = horizontal_extent(lungs)
     if heart is None or thorax is None:
         return Measurement(None, heart, thorax, "flagged: " + "; ".join(reasons))
     if heart.left[0] < thorax.left[0] or heart.right[0] > thorax.right[0]:
         reasons.append("heart reaches outside the lungs' span")
-    rows = np.flatnonzero((masks["left_lung"] | masks["right_lung"]).any(axis=1))
+    rows = np.flatnonzero(lungs.any(axis=1))
     if not all(rows[0] <= y <= rows[-1] for y in (heart.left[1], heart.right[1])):
         reasons.append("heart's diameter lies outside the lungs' height")
     ctr = heart.width / thorax.width

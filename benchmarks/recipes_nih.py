@@ -36,14 +36,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from cardiomegaly import Classifier, TrainConfig, train
+from cardiomegaly.artifacts import probabilities
 from cardiomegaly.data.images import load_image
 from cardiomegaly.data.preprocess import quantize
 from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_interval
 from cardiomegaly.segment.crop import ThoraxCrop
+from cardiomegaly.tta import TTA_VIEWS, with_tta
 
 #: name -> TrainConfig overrides; weights none (from scratch) unless a candidate names them.
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -77,12 +78,14 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "densenet121-128": {"arch": "densenet121", "image_size": 128, "epochs": 16, "batch_size": 32},
     # the small-data preset's network (the JSRT U-Net's encoder, 256 px, 16 epochs) on whole
     # films from random weights, where all layers train from the start at lr 1e-3 ...
-    "unet-encoder-256": {"preset": "small-data", "thorax_crop": "none"},
+    "unet-encoder-256": {"preset": "small-data", "thorax_crop": "none", "tta": False},
     # ... from the segment model's encoder (--seg-model), 3 epochs head only, then all layers
     # at lr 1e-3 ...
     "unet-encoder-256-seg-init": {"preset": "small-data", "weights": "segment",
-                                  "thorax_crop": "none"},
-    # ... and the preset as it ships: the same on films the segment model cuts to the thorax
+                                  "thorax_crop": "none", "tta": False},
+    # ... the same on films the segment model cuts to the thorax ...
+    "small-data-no-tta": {"preset": "small-data", "weights": "segment", "tta": False},
+    # ... and the preset as it ships: answering through test-time views as well
     "small-data": {"preset": "small-data", "weights": "segment"},
 }  # fmt: skip
 
@@ -111,31 +114,19 @@ def _rank_within_view(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame.groupby("view")[column].rank(pct=True)
 
 
-def _views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The film and eight small changes of it: scale 0.92 and 1.08, shifts of 4 px, +-5 degrees."""
-
-    def affine(matrix: list[list[float]]) -> torch.Tensor:
-        theta = torch.tensor(matrix, dtype=x.dtype).expand(len(x), 2, 3)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-
-    out = [x] + [affine([[1 / s, 0, 0], [0, 1 / s, 0]]) for s in (0.92, 1.08)]
-    out += [torch.roll(x, shift, dims) for shift in (4, -4) for dims in (2, 3)]
-    for a in np.deg2rad([-5, 5]):
-        out.append(affine([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0]]))
-    return out
-
-
 def _tta(run: Path, oof: pd.DataFrame) -> pd.Series:
-    """Each film's mean probability over :func:`_views`, from the fold model that never saw it."""
+    """Each film's mean probability over the test-time views (``cardiomegaly.tta``: the film,
+    scales 0.92 and 1.08, 4 px shifts, +-5 degrees), from the fold model that never saw it."""
     out = pd.Series(np.nan, index=oof.index)
     for fold, part in oof.groupby("fold"):
         clf = Classifier.load(run / f"fold{fold}" / "model.safetensors", backend="torch")
+        views = with_tta(clf.model, {"preprocessing": {**clf.meta["preprocessing"],
+                                                       "tta": TTA_VIEWS}})  # fmt: skip
         for start in range(0, len(part), 32):
             chunk = part.iloc[start : start + 32]
             x = torch.from_numpy(np.stack([clf.preprocess(p) for p in chunk["path"]]))[:, None]
-            probs = [clf.probabilities(v[:, 0].numpy()) for v in _views(x)]
-            out[chunk.index] = np.mean(probs, axis=0)
+            with torch.no_grad():
+                out[chunk.index] = probabilities(views(x), clf.meta)
     return out
 
 

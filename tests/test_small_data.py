@@ -13,6 +13,7 @@ from cardiomegaly.explain import heatmaps
 from cardiomegaly.fileio import sha256_of
 from cardiomegaly.model import build_model, load_model, load_weights, read_metadata
 from cardiomegaly.segment.model import build_segmenter, load_segmenter, save_segmenter
+from cardiomegaly.tta import TTA_VIEWS
 from cardiomegaly.unet import encoder_blocks
 from makers import one_line_error
 
@@ -54,6 +55,7 @@ def test_the_small_data_preset_trains_the_head_first_then_exports_and_explains(
     # the films are cut to the thorax by the segment model it starts from
     assert meta["preprocessing"]["thorax_crop"]["sha256"] == sha256_of(segment_model)
     assert meta["training"]["weights"]["source"] == "segment model"
+    assert meta["preprocessing"]["tta"] == TTA_VIEWS  # so the ONNX parity below covers the views
     # One epoch, all of it head only: the encoder, batch-norm statistics included, is untouched.
     model, _ = load_model(run / "model.safetensors")
     own = model.net.state_dict()

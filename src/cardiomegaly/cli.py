@@ -658,8 +658,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                     default=None,
                     help=f"do not {meta['help']}",
                 )
-            else:
-                p.add_argument(flag, action="store_true", default=None, help=meta["help"])
+            else:  # a preset may turn it on: --no-X turns it off again
+                p.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"]
+                )
             continue
         if meta.get("kind") == "append":
             p.add_argument(flag, action="append", metavar=f.name.upper(), help=meta["help"])

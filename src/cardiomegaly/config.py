@@ -179,6 +179,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unfreeze": ["all"],
         "backbone_lr": 1e-3,
         "thorax_crop": "weights",
+        "tta": True,
     },
     # Heart and lung masks from scratch: a 16-channel U-Net at 256 px (the JSRT recipe).
     "segment": {
@@ -239,6 +240,13 @@ class TrainConfig:
     )
     export_onnx: bool = _opt(
         True, "write model.onnx beside the model file: predict's fast CPU path"
+    )
+    tta: bool = _opt(
+        False,
+        "test-time augmentation: answer with the mean probability over the film and "
+        "eight small changes of it (scales, 4 px shifts, +-5 degrees), in the test and "
+        "out-of-fold scoring and the threshold chosen on them and in every later use; the "
+        "model file carries it (the small-data preset's)",
     )
     folds: int = _opt(1, "K-fold patient-wise cross-validation: K models, out-of-fold "
                       "predictions for every film, and their ensemble (1: one split)",
@@ -335,6 +343,8 @@ class TrainConfig:
             raise ConfigError(f"ema must be in [0, 1), not {self.ema}")
         if self.ema and self.task != "classify":
             raise ConfigError("ema: the weight average is for the classify task")
+        if self.tta and self.task != "classify":
+            raise ConfigError("tta: test-time views are for the classify task")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
 

@@ -42,10 +42,11 @@ from .data.split import select_records
 from .errors import UserError
 from .evaluate.metrics import auroc
 from .fileio import FILE_MODE, sha256_of
-from .model import CardioNet, load_embedded, load_model, read_metadata
+from .model import load_embedded, load_model, read_metadata
 from .predict import Classifier
 from .segment.crop import thorax_onnx_path
-from .segment.model import SegNet, load_segmenter, segmenter_from_state
+from .segment.model import load_segmenter, segmenter_from_state
+from .tta import with_tta
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def export(
 
 
 def _write_checked(
-    net: CardioNet | SegNet,
+    net: torch.nn.Module,
     meta: dict[str, Any],
     out: Path,
     format: str,
@@ -170,16 +171,17 @@ def export_beside(model_file: Path) -> None:
              result.max_probability_difference)  # fmt: skip
 
 
-def _load(model: Path) -> tuple[CardioNet | SegNet, dict[str, Any]]:
+def _load(model: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Either task's network: a classifier gives one logit per film, a segment model one logit
     map per organ; both exports take the same input and carry their metadata."""
     if read_metadata(model).get("task", "classify") == "segment":
         return load_segmenter(model)
-    return load_model(model)
+    net, meta = load_model(model)
+    return with_tta(net, meta), meta  # its test-time views are part of what it answers
 
 
 def _export_onnx(
-    net: CardioNet | SegNet, meta: dict[str, Any], x: torch.Tensor, path: Path
+    net: torch.nn.Module, meta: dict[str, Any], x: torch.Tensor, path: Path
 ) -> np.ndarray:
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -206,7 +208,7 @@ def _onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
 
 
 def _export_torchscript(
-    net: CardioNet, meta: dict[str, Any], x: torch.Tensor, path: Path
+    net: torch.nn.Module, meta: dict[str, Any], x: torch.Tensor, path: Path
 ) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream; it still serves C++

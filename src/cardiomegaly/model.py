@@ -31,6 +31,7 @@ from .artifacts import require_task
 from .config import CLASS_NAMES, PreprocessConfig
 from .errors import UserError
 from .fileio import FILE_MODE, sha256_of
+from .tta import check_tta
 from .unet import UNetEncoder, encoder_state
 
 log = logging.getLogger(__name__)
@@ -530,6 +531,8 @@ def _check_metadata(path: Path, meta: dict[str, Any], task: str) -> None:
                 raise ValueError(f"thorax_crop {crop.get('margin')!r}, {crop.get('sha256')!r}")
             if not isinstance(crop["segment_model"]["architecture"]["name"], str):
                 raise ValueError("thorax_crop: its segment model has no architecture")
+        if pre.get("tta"):
+            check_tta(pre["tta"])
         if not 0 <= float(meta["threshold"]["value"]) <= 1:
             raise ValueError(f"threshold {meta['threshold']['value']} is not in [0, 1]")
     except (KeyError, TypeError, ValueError, UserError) as exc:

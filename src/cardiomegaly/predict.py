@@ -85,12 +85,16 @@ class Classifier:
         if crop is None and meta["preprocessing"].get("thorax_crop"):
             raise ValueError("this model sees films cut to the thorax: use Classifier.load")
         self.device = None if model is None else select_device(device)
+        self._answers = None  # the model through its test-time views, if it has any
         if model is not None:
             import torch
+
+            from .tta import with_tta
 
             model.to(self.device).eval()
             if self.device.type == "cpu":
                 model.to(memory_format=torch.channels_last)
+            self._answers = with_tta(model, meta)
         pre = meta["preprocessing"]
         self.image_size: int = int(pre["image_size"])
         self.resize: str = pre["resize"]
@@ -150,7 +154,7 @@ class Classifier:
         import torch
 
         with torch.no_grad(), autocast(self.device):
-            logits = self.model(to_device(torch.from_numpy(x), self.device)).float().cpu()
+            logits = self._answers(to_device(torch.from_numpy(x), self.device)).float().cpu()
         return probabilities(logits, self.meta)
 
     def predict(

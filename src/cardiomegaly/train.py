@@ -61,6 +61,7 @@ from .runs import (
 from .runtime import autocast, score_dataset, to_device
 from .segment.crop import ThoraxCrop
 from .segment.train import SegmentResult, train_segmenter
+from .tta import TTA_VIEWS, with_tta
 
 log = logging.getLogger(__name__)
 
@@ -373,15 +374,18 @@ def _finish(cfg: TrainConfig, ddp: Dist, run_dir: Path, data: _Data) -> dict[str
     on the test split, which nothing before has looked at; exported to ONNX."""
     best, meta = load_model(run_dir / "model.safetensors")
     best.to(ddp.device)
-    if cfg.calibrate:
-        val_logits = _score(best, data.val, cfg, ddp)
-        temperature = fit_temperature(val_logits.numpy(), data.val.labels)
-        meta["calibration"] = {"temperature": temperature, "fitted_on": "validation split"}
+    answers = with_tta(best, meta)  # through its test-time views, if any, as in every later use
+    if cfg.calibrate or answers is not best:
+        val_logits = _score(answers, data.val, cfg, ddp)
+        if cfg.calibrate:
+            temperature = fit_temperature(val_logits.numpy(), data.val.labels)
+            meta["calibration"] = {"temperature": temperature, "fitted_on": "validation split"}
+            if ddp.main:  # the model file is rewritten with it below, after the test evaluation
+                log.info("temperature %.3f (fitted on validation)", temperature)
+        # chosen again on what the model answers: calibrated, and through its views
         meta["threshold"] = _threshold(cfg, data.val.labels, probabilities(val_logits, meta))
-        if ddp.main:  # the model file is rewritten with it below, after the test evaluation
-            log.info("temperature %.3f (fitted on validation)", temperature)
 
-    test_probs = probabilities(_score(best, data.test, cfg, ddp), meta)
+    test_probs = probabilities(_score(answers, data.test, cfg, ddp), meta)
     if not ddp.main:
         return {}
     scored = data.tables["test"].assign(probability=test_probs)
@@ -513,6 +517,7 @@ def _metadata(
         "preprocessing": {
             **preprocessing_for(cfg.arch, cfg.image_size, cfg.resize),
             **({"thorax_crop": data.crop.to_metadata()} if data.crop else {}),
+            **({"tta": dict(TTA_VIEWS)} if cfg.tta else {}),
         },
         "threshold": _threshold(cfg, val_labels, val_probs),
         "training": {

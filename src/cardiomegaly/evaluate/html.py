@@ -162,6 +162,12 @@ def _what_was_evaluated(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
         rows.insert(2, ["films cut to the thorax", esc(
             f"by the segment model {crop['sha256'][:12]} (SHA-256), the square around its heart "
             f"and lungs widened by {crop['margin']:g} of its side on each side")])  # fmt: skip
+    if pre.get("tta"):
+        tta = pre["tta"]
+        rows.insert(3, ["test-time views", esc(
+            f"the mean probability over the film and its views: scales "
+            f"{' and '.join(f'{s:g}' for s in tta['scales'])}, shifts of {tta['shift_px']} px "
+            f"each way, rotations of \u00b1{tta['degrees']:g}\u00b0")])  # fmt: skip
     return "<h2>What was evaluated</h2>" + table(None, rows, numeric_from=2)
 
 

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..fileio import atomic_open, atomic_write_text, fresh_folder, next_run_folder
 from ..model import load_model, read_metadata
 from ..runtime import score_dataset, select_device
+from ..tta import with_tta
 from . import plots
 from .combined import assess_combined, measure_records
 from .html import render_comparison
@@ -194,7 +195,7 @@ def _scored_records(model, meta, data, split, batch_size, device, cache_dir, onl
         raise UserError(f"{data}: no readable images in the {split} split")
     net, _ = load_model(model)
     dev = select_device(device)
-    net.to(dev)
+    net = with_tta(net.to(dev), meta)
     logits = score_dataset(net, XrayDataset(table, cache), batch_size, dev, progress=True)
     scored = table.assign(probability=probabilities(logits, meta))
     context = {

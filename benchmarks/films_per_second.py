@@ -1,7 +1,8 @@
 """`cardiomegaly measure` and `predict` end to end on a CPU: films per second and peak memory (a
 benchmark, not a test). A segment model is timed measuring, a classifier predicting (one that cuts
-films to the thorax runs both networks). Each model and backend runs in a fresh process, so each
-peak (VmHWM) is its own; a model without an ONNX export beside it is exported in a copy first.
+films to the thorax runs both networks; one with test-time views runs its own on nine views of
+each film). Each model and backend runs in a fresh process, so each peak (VmHWM) is its own; a
+model without an ONNX export beside it is exported in a copy first.
 
     python benchmarks/films_per_second.py ../shared/data/nih-cxr-cardiomegaly/images MODEL...
 """
@@ -59,19 +60,20 @@ def main() -> None:
 
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"python {sys.version.split()[0]}")  # fmt: skip
-    print("| model | task | cut to the thorax | backend | films | seconds | films/s | "
-          "peak RSS (GB) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | task | cut to the thorax | test-time views | backend | films | seconds | "
+          "films/s | peak RSS (GB) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for given in args.models:
-            task = read_metadata(given)["task"]
+            meta = read_metadata(given)
+            task, views = meta["task"], bool(meta["preprocessing"].get("tta"))
             model = _with_export(Path(given), Path(tmp))
             for backend in ("onnx", "torch"):
                 start = time.perf_counter()
                 argv = [sys.executable, "-c", CODE, str(model), args.films, backend, task]
                 done = subprocess.run(argv, capture_output=True, text=True, check=True)
                 n, seconds, peak, used, cut = done.stdout.split()
-                print(f"| {given} | {task} | {cut == 'True'} | {used} | {n} | "
+                print(f"| {given} | {task} | {cut == 'True'} | {views} | {used} | {n} | "
                       f"{float(seconds):.1f} | {int(n) / float(seconds):.1f} | {float(peak):.2f} "
                       f"|  (process {time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
 

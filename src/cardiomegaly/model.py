@@ -31,7 +31,7 @@ from .artifacts import require_task
 from .config import CLASS_NAMES, PreprocessConfig
 from .errors import UserError
 from .fileio import FILE_MODE, sha256_of
-from .tta import check_tta
+from .tta import check_tta, logit_of_mean
 from .unet import UNetEncoder, encoder_state
 
 log = logging.getLogger(__name__)
@@ -259,8 +259,7 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor, with_aux: bool = False):
         logits = torch.stack([m(x) for m in self.net]).float()
-        p = torch.sigmoid(logits / self.temperatures).mean(0).clamp(1e-7, 1 - 1e-7)
-        out = torch.log(p) - torch.log1p(-p)
+        out = logit_of_mean(torch.sigmoid(logits / self.temperatures))
         return (out, None) if with_aux else out
 
     def describe(self) -> dict[str, Any]:

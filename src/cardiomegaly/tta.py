@@ -65,9 +65,19 @@ class TTAViews(nn.Module):
         if self.shift:
             views += [torch.roll(x, s, d) for s in (self.shift, -self.shift) for d in (2, 3)]
         logits = self.net(torch.cat(views)).float().view(len(views), b)
-        p = torch.sigmoid(logits).mean(0).clamp(1e-7, 1 - 1e-7)
-        out = torch.log(p) - torch.log1p(-p)
+        out = logit_of_mean(torch.sigmoid(logits))
         return (out, None) if with_aux else out
+
+
+def logit_of_mean(probabilities: torch.Tensor) -> torch.Tensor:
+    """The logit of the mean over the first axis of ``probabilities`` (kept off 0 and 1): how
+    several answers for one film, views or ensemble members, become one logit.
+
+    >>> logit_of_mean(torch.tensor([[0.2], [0.8]]))
+    tensor([0.])
+    """
+    p = probabilities.mean(0).clamp(1e-7, 1 - 1e-7)
+    return torch.log(p) - torch.log1p(-p)
 
 
 def with_tta(net: nn.Module, meta: dict[str, Any]) -> nn.Module:

@@ -15,12 +15,14 @@ import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from cardiomegaly import Classifier, train
 from cardiomegaly.artifacts import model_sha256
-from cardiomegaly.cli import main
+from cardiomegaly.cli import _print_combined, main
 from cardiomegaly.combine import ALL_VIEWS, MIN_VIEW_FILMS, CombinedScore
 from cardiomegaly.config import ConfigError
+from cardiomegaly.evaluate.combined import assess_combined
 from cardiomegaly.model import read_metadata
 from cardiomegaly.pacs.results import COMBINED_CODE
 from cardiomegaly.segment.measure import Measurer
@@ -80,6 +82,48 @@ def test_a_film_without_a_ratio_has_no_score():
     assert combined.score(0.7, None, "PA") is None
     assert combined.answer(0.7, None, "PA")["label"] is None
     assert np.isnan(combined.scores(np.array([0.7]), np.array([np.nan]), [""])[0])
+
+
+def test_a_film_without_a_ratio_is_ranked_by_its_probability_alone_on_all_films():
+    n = MIN_VIEW_FILMS
+    rng = np.random.default_rng(2)
+    p, c, view = rng.random(2 * n), rng.random(2 * n), np.array(["PA", "AP"] * n)
+    combined = _fit(p, c, view, rng.integers(0, 2, 2 * n))
+    q, d = np.array([0.3, 0.3, 0.8]), np.array([0.5, np.nan, np.nan])
+    views = np.array(["PA", "PA", "AP"])
+    every = combined.scores_or_probability(q, d, views)
+    assert every[0] == combined.scores(q, d, views)[0]  # measured: the combined score
+    assert every[1] == pytest.approx(np.mean(p[view == "PA"] < 0.3), abs=1e-6)
+    assert every[2] == pytest.approx(np.mean(p[view == "AP"] < 0.8), abs=1e-6)
+
+
+def test_the_assessment_scores_all_films_beside_the_measured_ones(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    n = 60
+    label = np.arange(n) % 3 == 0
+    frame = pd.DataFrame({
+        "path": [f"f{i}.png" for i in range(n)], "patient": [f"p{i}" for i in range(n)],
+        "label": label.astype(int), "view": ["PA", "AP"] * (n // 2),
+        "probability": np.clip(0.3 * label + rng.random(n) * 0.7, 0, 1),
+        "ctr": np.where(np.arange(n) % 5 == 0, np.nan, 0.45 + 0.1 * label + 0.05 * rng.random(n)),
+        "ctr_quality": "",
+    })  # fmt: skip
+    measured = frame[frame["ctr"].notna()]
+    combined = _fit(measured["probability"], measured["ctr"], measured["view"], measured["label"])
+    metrics = assess_combined(frame, combined, "seg.safetensors", tmp_path, n_boot=50)
+    assert metrics["images"] == len(measured) and metrics["not_measured"] == 12
+    every = metrics["all_films"]
+    assert every["images"] == n and every["by_classifier_alone"] == 12
+    expected = combined.scores_or_probability(frame["probability"], frame["ctr"], frame["view"])
+    assert every["auroc"]["value"] == pytest.approx(roc_auc_score(label, expected))
+    assert every["auroc"]["value"] != metrics["auroc"]["value"]  # other films, another number
+    table = pd.read_csv(tmp_path / "combined.csv")
+    np.testing.assert_allclose(table["combined_or_probability"], expected, atol=1e-6)
+    assert table.loc[table["ctr"].isna(), "combined"].isna().all()
+    _print_combined(metrics, tmp_path)
+    assert "on all 60 films, the 12 not measured ranked by the probability alone" in (
+        capsys.readouterr().out
+    )
 
 
 def test_the_threshold_is_chosen_by_the_rule_on_the_fitted_scores():
@@ -152,6 +196,19 @@ def test_cross_validation_writes_the_combined_score_of_every_film(combined_run, 
     metrics = json.loads((combined_run / "oof" / "metrics.json").read_text())["combined"]
     assert metrics["images"] == len(measured) and metrics["auroc"]["ci95"] is not None
     assert set(metrics["parts_on_the_same_films"]) == {"probability", "ratio"}
+    every = metrics["all_films"]  # flagged films too, by the classifier alone
+    assert every["images"] == len(table) and table["combined_or_probability"].notna().all()
+    assert every["by_classifier_alone"] == table["ctr"].isna().sum()
+    unmeasured = table[table["ctr"].isna()]
+    np.testing.assert_allclose(
+        unmeasured["combined_or_probability"],
+        combined.scores_or_probability(unmeasured["probability"], unmeasured["ctr"],
+                                       unmeasured["view"].fillna("").astype(str)),
+        atol=2e-6,
+    )  # fmt: skip
+    assert every["auroc"]["value"] == pytest.approx(
+        roc_auc_score(table["label"], table["combined_or_probability"]), abs=1e-6
+    )
     nested = metrics["operating_point_nested"]  # each fold decided without its own films
     assert sum(nested["confusion"].values()) == len(measured) and nested["threshold"] is None
     assert "Classifier and ratio combined" in (combined_run / "oof" / "report.html").read_text()

@@ -83,21 +83,38 @@ class CombinedScore:
         """The reference a film of ``view`` is ranked in: its own view's, or all films'."""
         return view if view and view in self.references else ALL_VIEWS
 
-    def scores(self, probability: np.ndarray, ctr: np.ndarray, view: np.ndarray) -> np.ndarray:
-        """The score of each film; NaN where the ratio is NaN (not measured)."""
+    def _percentiles(
+        self, probability: np.ndarray, ctr: np.ndarray, view: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each film's probability and ratio as percentiles in its reference (NaN ratio: NaN)."""
         # to the references' six decimals, so that a number read back from a CSV scores the same
         probability, ctr = (
             np.round(np.asarray(probability, float), 6),
             np.round(np.asarray(ctr, float), 6),
         )
-        out = np.full(len(probability), np.nan)
+        p_pct, c_pct = np.full(len(probability), np.nan), np.full(len(probability), np.nan)
         chosen = np.array([self.reference_view(v) for v in view], dtype=object)
         for v in set(chosen):
             own = chosen == v
             p_ref, c_ref = self.references[v]
-            out[own] = (_percentile(p_ref, probability[own]) + _percentile(c_ref, ctr[own])) / 2
-        out[np.isnan(ctr)] = np.nan
-        return out
+            p_pct[own] = _percentile(p_ref, probability[own])
+            c_pct[own] = _percentile(c_ref, ctr[own])
+        c_pct[np.isnan(ctr)] = np.nan
+        return p_pct, c_pct
+
+    def scores(self, probability: np.ndarray, ctr: np.ndarray, view: np.ndarray) -> np.ndarray:
+        """The score of each film; NaN where the ratio is NaN (not measured)."""
+        p_pct, c_pct = self._percentiles(probability, ctr, view)
+        return (p_pct + c_pct) / 2
+
+    def scores_or_probability(
+        self, probability: np.ndarray, ctr: np.ndarray, view: np.ndarray
+    ) -> np.ndarray:
+        """The score of each film, and where the ratio is missing the probability's percentile
+        alone: every film ranked, those without a ratio by the classifier only. What the score
+        is worth on all films, not only on those the segment model could measure."""
+        p_pct, c_pct = self._percentiles(probability, ctr, view)
+        return np.where(np.isnan(c_pct), p_pct, (p_pct + c_pct) / 2)
 
     def score(self, probability: float, ctr: float | None, view: str | None) -> float | None:
         """One film's score, or None when its ratio is missing (flagged or unreadable)."""

@@ -1,7 +1,10 @@
 """The combined score (:mod:`cardiomegaly.combine`) on scored records: every film measured by
 the segment model, scored, written to ``combined.csv`` and assessed like a probability on the
-films with a ratio, beside its two parts on the same films. Used by ``train --folds K
---ctr-model`` (out-of-fold) and ``evaluate --ctr-model`` (any data)."""
+films with a ratio, beside its two parts on the same films. Films the segment model flags are
+left out of that assessment, and which films they are depends on the segment model, so the score
+is also assessed on every film, those without a ratio ranked by the classifier's percentile alone
+(``all_films``; the column ``combined_or_probability``). Used by ``train --folds K --ctr-model``
+(out-of-fold) and ``evaluate --ctr-model`` (any data)."""
 
 from __future__ import annotations
 
@@ -55,20 +58,29 @@ def assess_combined(
         reason = f"no combined score: none of the {len(frame)} films could be measured"
         log.warning("%s", reason)
         return {"not_fitted": reason, "segment_model": str(segment_model)}
-    frame = frame.assign(combined=combined.scores(frame["probability"], frame["ctr"],
-                                                  frame["view"].to_numpy()))  # fmt: skip
+    p, c, v = frame["probability"], frame["ctr"], frame["view"].to_numpy()
+    frame = frame.assign(
+        combined=combined.scores(p, c, v),
+        combined_or_probability=combined.scores_or_probability(p, c, v),
+    )
     folder.mkdir(parents=True, exist_ok=True)
     keep = [c for c in ("path", "patient", "source", "view", "negative_kind", "fold") if c in frame]
     with atomic_open(folder / "combined.csv", "w", encoding="utf-8", newline="") as f:
-        frame[[*keep, "label", "probability", "ctr", "ctr_quality", "combined"]].assign(
+        columns = [*keep, "label", "probability", "ctr", "ctr_quality", "combined"]
+        frame[[*columns, "combined_or_probability"]].assign(
             prediction=(frame["combined"] >= combined.threshold).astype(int).where(ok, None)
         ).to_csv(f, index=False, float_format="%.6f")
-    part = frame[ok]
-    result = assess(part.assign(probability=part["combined"]),
-                    {f"{combined.rule} (combined threshold)": combined.threshold},
-                    n_boot=n_boot, seed=seed)  # fmt: skip
+    part, threshold = frame[ok], {f"{combined.rule} (combined threshold)": combined.threshold}
+    result = assess(part.assign(probability=part["combined"]), threshold, n_boot=n_boot,
+                    seed=seed)  # fmt: skip
     keys = ("images", "patients", "positives", "auroc", "operating_points", "subgroups", "warnings")
     metrics = {k: result.metrics[k] for k in keys}
+    every = assess(frame.assign(probability=frame["combined_or_probability"]), threshold,
+                   n_boot=n_boot, seed=seed)  # fmt: skip
+    metrics["all_films"] = {
+        **{k: every.metrics[k] for k in ("images", "positives", "auroc", "subgroups")},
+        "by_classifier_alone": int((~ok).sum()),
+    }
     metrics["parts_on_the_same_films"] = {
         name: _auroc_ci(part, column, n_boot, seed)
         for name, column in (("probability", "probability"), ("ratio", "ctr"))
@@ -81,8 +93,10 @@ def assess_combined(
         threshold_chosen_on=combined.chosen_on,
         views=sorted(combined.references),
     )
-    log.info("combined with the ratio: AUROC %.4f on %d measured films (%d not measured)",
-             metrics["auroc"]["value"] or np.nan, int(ok.sum()), int((~ok).sum()))  # fmt: skip
+    log.info("combined with the ratio: AUROC %.4f on %d measured films (%d not measured); "
+             "%.4f on all films, those not measured by the classifier alone",
+             metrics["auroc"]["value"] or np.nan, int(ok.sum()), int((~ok).sum()),
+             every.metrics["auroc"]["value"] or np.nan)  # fmt: skip
     return metrics
 
 

@@ -236,6 +236,14 @@ def _combined(combined: dict[str, Any] | None) -> str:
         f"probability and {_num(parts['ratio']['value'])}{_ci(parts['ratio']['ci95'])} for the "
         "ratio alone. "
     )
+    every = combined.get("all_films")
+    if every and every["by_classifier_alone"]:
+        text += (
+            f"On all {every['images']} films, the {every['by_classifier_alone']} not measured "
+            f"ranked by the probability's percentile alone: AUROC "
+            f"<b>{_num(every['auroc']['value'])}</b>{_ci(every['auroc']['ci95'])}; which films "
+            "are measured depends on the segment model. "
+        )
     if "operating_point_nested" in combined:  # the cross-validation that fitted the score
         text += (
             "The references and the threshold were taken from these same films, so the first "

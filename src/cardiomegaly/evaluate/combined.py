@@ -58,16 +58,16 @@ def assess_combined(
         reason = f"no combined score: none of the {len(frame)} films could be measured"
         log.warning("%s", reason)
         return {"not_fitted": reason, "segment_model": str(segment_model)}
-    p, c, v = frame["probability"], frame["ctr"], frame["view"].to_numpy()
+    numbers = frame["probability"], frame["ctr"], frame["view"].to_numpy()
     frame = frame.assign(
-        combined=combined.scores(p, c, v),
-        combined_or_probability=combined.scores_or_probability(p, c, v),
+        combined=combined.scores(*numbers),
+        combined_or_probability=combined.scores_or_probability(*numbers),
     )
     folder.mkdir(parents=True, exist_ok=True)
     keep = [c for c in ("path", "patient", "source", "view", "negative_kind", "fold") if c in frame]
+    keep += ["label", "probability", "ctr", "ctr_quality", "combined", "combined_or_probability"]
     with atomic_open(folder / "combined.csv", "w", encoding="utf-8", newline="") as f:
-        columns = [*keep, "label", "probability", "ctr", "ctr_quality", "combined"]
-        frame[[*columns, "combined_or_probability"]].assign(
+        frame[keep].assign(
             prediction=(frame["combined"] >= combined.threshold).astype(int).where(ok, None)
         ).to_csv(f, index=False, float_format="%.6f")
     part, threshold = frame[ok], {f"{combined.rule} (combined threshold)": combined.threshold}

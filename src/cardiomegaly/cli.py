@@ -585,9 +585,9 @@ def _print_combined(combined: dict, folder: Path) -> None:
           "measured)")  # fmt: skip
     _print_by_kind(combined)
     every = combined.get("all_films")
-    if every and every["by_classifier_alone"]:  # the flagged films change the films scored
+    if every and combined["not_measured"]:  # the flagged films change the films scored
         auc = every["auroc"]
-        print(f"            on all {every['images']} films, the {every['by_classifier_alone']} "
+        print(f"            on all {every['images']} films, the {combined['not_measured']} "
               f"not measured ranked by the probability alone: AUROC {_num(auc['value'])} "
               f"(95 % CI {_ci(auc['ci95'])})")  # fmt: skip
         _print_by_kind(every)

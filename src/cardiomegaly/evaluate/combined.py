@@ -78,8 +78,7 @@ def assess_combined(
     every = assess(frame.assign(probability=frame["combined_or_probability"]), threshold,
                    n_boot=n_boot, seed=seed)  # fmt: skip
     metrics["all_films"] = {
-        **{k: every.metrics[k] for k in ("images", "positives", "auroc", "subgroups")},
-        "by_classifier_alone": int((~ok).sum()),
+        k: every.metrics[k] for k in ("images", "positives", "auroc", "subgroups")
     }
     metrics["parts_on_the_same_films"] = {
         name: _auroc_ci(part, column, n_boot, seed)

@@ -237,9 +237,9 @@ def _combined(combined: dict[str, Any] | None) -> str:
         "ratio alone. "
     )
     every = combined.get("all_films")
-    if every and every["by_classifier_alone"]:
+    if every and combined["not_measured"]:
         text += (
-            f"On all {every['images']} films, the {every['by_classifier_alone']} not measured "
+            f"On all {every['images']} films, the {combined['not_measured']} not measured "
             f"ranked by the probability's percentile alone: AUROC "
             f"<b>{_num(every['auroc']['value'])}</b>{_ci(every['auroc']['ci95'])}; which films "
             "are measured depends on the segment model. "

@@ -38,8 +38,11 @@ def test_training_writes_an_onnx_export_with_metadata_and_a_dynamic_batch(tiny_o
         x = torch.from_numpy(sample_films(batch, 75, seed=7)).float().div(255)[:, None]
         got = session.run(None, {"image": x.numpy()})[0]
         with torch.no_grad():
-            # relative too: a tiny untrained model's logits can run into the thousands
-            assert np.allclose(got, net(x).numpy(), rtol=1e-4, atol=1e-4)
+            # Relative: a tiny, barely trained model's logits run into the thousands, where two
+            # runtimes' float32 sums differ by about 1e-4 of the value (1.7e-4 seen: -4182.03
+            # against -4182.76, AMD EPYC, onnxruntime 1.32). A wrong layer or preprocessing is
+            # off by far more than 1e-3.
+            assert np.allclose(got, net(x).numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_the_default_backend_is_onnx_runtime_only_for_the_export_of_this_very_file(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import numpy as np
@@ -49,6 +50,35 @@ def test_a_changed_file_is_decoded_again(tmp_path, decode_counter):
     after = cache.get(path)
     assert len(decode_counter) == 2
     assert not np.array_equal(before, after)
+
+
+def test_a_read_interrupted_by_another_read_still_hits_the_cache(tmp_path, decode_counter):
+    # A garbage collection that starts inside a read and reads another entry (as a finalizer or
+    # a second thread can) upsets CPython 3.11's count of AST depth that NumPy's header parsing
+    # uses: the read must still return the stored image, not raise SystemError or decode again.
+    paths = [write_png(tmp_path / f"{i}.png") for i in range(2)]
+    cache = ImageCache(40, root=tmp_path / "cache")
+    expected = [cache.get(p) for p in paths]
+    inside = []
+
+    def read_during_collection(phase, info):
+        if phase == "start" and not inside:
+            inside.append(True)
+            try:
+                cache.get(paths[1])
+            finally:
+                inside.pop()
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(read_during_collection)
+    gc.set_threshold(1)
+    try:
+        again = [cache.get(paths[0]) for _ in range(20)]
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(read_during_collection)
+    assert all(np.array_equal(a, expected[0]) for a in again)
+    assert len(decode_counter) == 2  # the first two reads only
 
 
 def test_other_size_or_policy_is_another_entry(tmp_path, decode_counter):

@@ -14,9 +14,11 @@ load a small ``.npy`` instead of decoding the original.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,6 +75,26 @@ def count_seen(meta: dict[str, Any], fingerprints: Iterable[str]) -> int | None:
     return sum(fp in known for fp in fingerprints)
 
 
+# NumPy reads an .npy header with ast.literal_eval, and CPython 3.11's AST builder keeps its
+# depth count per interpreter, not per thread: a garbage collection inside that C code can run
+# Python code (finalizers) that reads another entry, or hand over to a thread that does, and the
+# first read then fails with "SystemError: AST constructor recursion depth mismatch" (seen in
+# the test suite's warm(); CPython gh-106905). So no collection runs during a read; the lock
+# keeps threads from turning collection back on in the middle of another thread's read.
+_NPY_READ = threading.RLock()
+
+
+def _load_npy(entry: Path) -> np.ndarray:
+    with _NPY_READ:
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return np.load(entry, allow_pickle=False)
+        finally:
+            if collecting:
+                gc.enable()
+
+
 class ImageCache:
     """Decoded, resized images on disk, one ``.npy`` per (file version, size, policy, cut)."""
 
@@ -107,7 +129,7 @@ class ImageCache:
         except FileNotFoundError:
             raise ImageError(f"{path}: file not found") from None
         try:
-            stored = np.load(entry, allow_pickle=False)
+            stored = _load_npy(entry)
         except (FileNotFoundError, ValueError, OSError):
             stored = None
         if stored is not None and stored.shape == (self.size, self.size):

@@ -66,6 +66,22 @@ def test_the_score_is_the_mean_of_the_two_percentiles_within_the_view():
     assert combined.score(x_p, x_c, "AP") == pytest.approx(expected_ap, abs=1e-6)
 
 
+def test_films_with_the_same_score_get_the_same_number_to_the_last_bit():
+    # Two ways to the same score, 3/80: the probability at the lowest reference value and the
+    # ratio just above it, or the probability below all and the ratio at the second value.
+    # Averaged as floats the two differ in the last bit, and that difference broke ties: the
+    # AUROC of the numbers differed from that of the same numbers written to six decimals.
+    reference = np.round(np.linspace(0.1, 0.7, MIN_VIEW_FILMS), 6)
+    combined = CombinedScore({ALL_VIEWS: (reference, reference)}, 0.5, "youden", "sha", "test")
+    films = np.array([reference[0], 0.0]), np.array([0.125, reference[1]])
+    for scores in (combined.scores(*films, [None, None]),
+                   combined.scores_or_probability(*films, [None, None])):  # fmt: skip
+        assert scores[0] == scores[1] == 3 / 80
+    # a film without a ratio: its probability's percentile, exactly as a measured film's
+    alone = combined.scores_or_probability(np.array([reference[2]]), np.array([np.nan]), [None])
+    assert alone[0] == 5 / 40
+
+
 def test_a_film_of_unknown_or_rare_view_is_ranked_among_all_films():
     n = MIN_VIEW_FILMS
     view = np.array(["PA"] * n + ["AP"] * (n - 1))
@@ -174,6 +190,7 @@ def combined_run(seg_phantoms, seg_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("combined-run") / "run"
     cache = tmp_path_factory.getbasetemp() / "cache"
     config = tiny_train_config(seg_phantoms, cache_dir=str(cache), epochs=1, folds=3,
+                               arch="unet_encoder",
                                ctr_model=str(seg_run / "model.safetensors"))  # fmt: skip
     train(config, out=run)
     return run

@@ -33,11 +33,12 @@ MIN_VIEW_FILMS = 20
 ALL_VIEWS = "all"
 
 
-def _percentile(reference: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Mid-rank percentile of each ``x`` among the sorted ``reference``, in [0, 1]."""
+def _twice_rank(reference: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Twice the mid-rank of each ``x`` among the sorted ``reference`` (an integer): divided by
+    twice the reference's length, its percentile in [0, 1]."""
     below = np.searchsorted(reference, x, side="left")
     at_or_below = np.searchsorted(reference, x, side="right")
-    return (below + at_or_below) / (2 * len(reference))
+    return below + at_or_below
 
 
 @dataclass(frozen=True)
@@ -83,29 +84,34 @@ class CombinedScore:
         """The reference a film of ``view`` is ranked in: its own view's, or all films'."""
         return view if view and view in self.references else ALL_VIEWS
 
-    def _percentiles(
+    def _ranks(
         self, probability: np.ndarray, ctr: np.ndarray, view: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Each film's probability and ratio as percentiles in its reference (NaN ratio: NaN)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each film's probability and ratio as twice their mid-ranks in its reference (NaN
+        ratio: NaN), and twice the reference's length: the percentiles are the ranks divided by
+        it. Scores are formed from these integers, so that two films with the same rational
+        score get the same number, not two that differ in the last bit and break a tie."""
         # to the references' six decimals, so that a number read back from a CSV scores the same
         probability, ctr = (
             np.round(np.asarray(probability, float), 6),
             np.round(np.asarray(ctr, float), 6),
         )
-        p_pct, c_pct = np.full(len(probability), np.nan), np.full(len(probability), np.nan)
+        n = len(probability)
+        p_rank, c_rank, length = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
         chosen = np.array([self.reference_view(v) for v in view], dtype=object)
         for v in set(chosen):
             own = chosen == v
             p_ref, c_ref = self.references[v]
-            p_pct[own] = _percentile(p_ref, probability[own])
-            c_pct[own] = _percentile(c_ref, ctr[own])
-        c_pct[np.isnan(ctr)] = np.nan
-        return p_pct, c_pct
+            p_rank[own] = _twice_rank(p_ref, probability[own])
+            c_rank[own] = _twice_rank(c_ref, ctr[own])
+            length[own] = 2 * len(p_ref)
+        c_rank[np.isnan(ctr)] = np.nan
+        return p_rank, c_rank, length
 
     def scores(self, probability: np.ndarray, ctr: np.ndarray, view: np.ndarray) -> np.ndarray:
         """The score of each film; NaN where the ratio is NaN (not measured)."""
-        p_pct, c_pct = self._percentiles(probability, ctr, view)
-        return (p_pct + c_pct) / 2
+        p_rank, c_rank, length = self._ranks(probability, ctr, view)
+        return (p_rank + c_rank) / (2 * length)
 
     def scores_or_probability(
         self, probability: np.ndarray, ctr: np.ndarray, view: np.ndarray
@@ -113,8 +119,8 @@ class CombinedScore:
         """The score of each film, and where the ratio is missing the probability's percentile
         alone: every film ranked, those without a ratio by the classifier only. What the score
         is worth on all films, not only on those the segment model could measure."""
-        p_pct, c_pct = self._percentiles(probability, ctr, view)
-        return np.where(np.isnan(c_pct), p_pct, (p_pct + c_pct) / 2)
+        p_rank, c_rank, length = self._ranks(probability, ctr, view)
+        return np.where(np.isnan(c_rank), 2 * p_rank, p_rank + c_rank) / (2 * length)
 
     def score(self, probability: float, ctr: float | None, view: str | None) -> float | None:
         """One film's score, or None when its ratio is missing (flagged or unreadable)."""

@@ -55,6 +55,21 @@ def tiny_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="session")
+def small_run(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run with the small-data preset's network (the U-Net encoder), exported to ONNX:
+    for tests of what any model file goes through, where InceptionV3's exports (10 s each)
+    would only cost time."""
+    from cardiomegaly import train
+    from makers import tiny_train_config
+
+    run = tmp_path_factory.mktemp("small-run") / "run"
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    train(tiny_train_config(tiny_phantoms, cache_dir=str(cache), arch="unet_encoder",
+                            export_onnx=True), out=run)  # fmt: skip
+    return run
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx(tiny_run: Path) -> Path:
     """The tiny run's ONNX export, which training wrote beside its model file."""
     return tiny_run / "model.onnx"

@@ -84,10 +84,10 @@ def test_the_onnx_backend_answers_as_the_torch_backend(tiny_onnx, tiny_run, tiny
     assert np.abs(np.array(a) - np.array(b)).max() <= 1e-4
 
 
-def test_predict_backend_onnx_finds_the_export_beside_the_model(tiny_run, tiny_phantoms,
+def test_predict_backend_onnx_finds_the_export_beside_the_model(small_run, tiny_phantoms,
                                                                  tmp_path, capsys):  # fmt: skip
     model = tmp_path / "model.safetensors"
-    model.write_bytes((tiny_run / "model.safetensors").read_bytes())
+    model.write_bytes((small_run / "model.safetensors").read_bytes())
     images = str(tiny_phantoms / "images")
     assert main(["predict", str(model), images, "--backend", "onnx"]) == 2
     assert "cardiomegaly export" in capsys.readouterr().err
@@ -168,13 +168,13 @@ def test_exporting_again_checks_the_export_training_wrote_and_keeps_it(tiny_run,
 
 
 def test_the_calibration_temperature_applies_on_onnx_runtime_as_on_pytorch(
-    tiny_run, tiny_phantoms, tmp_path
+    small_run, tiny_phantoms, tmp_path
 ):
     """A calibrated model file's temperature travels inside its export: both backends give the
     same, tempered probabilities."""
-    net, meta = load_model(tiny_run / "model.safetensors")
+    net, meta = load_model(small_run / "model.safetensors")
     paths = sorted(str(p) for p in (tiny_phantoms / "images").glob("*.png"))[:6]
-    plain = Classifier.load(tiny_run / "model.safetensors", backend="torch")
+    plain = Classifier.load(small_run / "model.safetensors", backend="torch")
     x = np.stack([plain.preprocess(p) for p in paths])
     with torch.no_grad():
         logits = net(torch.from_numpy(x)[:, None]).numpy()

@@ -48,8 +48,10 @@ def _final_files_are_whole(run: Path) -> None:
 
 
 def test_a_run_killed_three_times_resumes_to_the_same_weights(tiny_phantoms, tmp_path):
-    """SIGKILL at three random moments of training, each followed by --resume."""
-    config = tiny_train_config(tiny_phantoms, epochs=4, cache_dir=str(tmp_path / "cache"))
+    """SIGKILL at three random moments of training, each followed by --resume (the small-data
+    preset's network: five runs of InceptionV3 took a minute)."""
+    config = tiny_train_config(tiny_phantoms, epochs=4, cache_dir=str(tmp_path / "cache"),
+                               arch="unet_encoder")  # fmt: skip
     start = time.perf_counter()
     train(config, out=tmp_path / "straight")
     duration = time.perf_counter() - start
@@ -59,7 +61,8 @@ def test_a_run_killed_three_times_resumes_to_the_same_weights(tiny_phantoms, tmp
     config_file.write_text(yaml.safe_dump({"split": split, "augment": {"rotation": 5}}))
     run = tmp_path / "killed"
     first = ["train", "--data", str(tiny_phantoms), "--config", str(config_file), "--weights",
-             "none", "--image-size", "75", "--epochs", "4", "--batch-size", "8",
+             "none", "--arch", "unet_encoder", "--image-size", "75", "--epochs", "4",
+             "--batch-size", "8",
              "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]  # fmt: skip
     moments = random.Random(8).sample(range(1, 100), 3)  # percent of an in-process run's time
     for kill, percent in enumerate(moments):
@@ -161,8 +164,8 @@ def test_no_patient_identifier_reaches_any_output(tmp_path, capfd):
     model = str(out / "run" / "model.safetensors")
     commands = [
         ["train", "--data", str(data), "--config", str(config), "--weights", "none",
-         "--image-size", "75", "--epochs", "1", "--batch-size", "4", "--out", str(out / "run"),
-         "--cache-dir", str(tmp_path / "cache")],
+         "--arch", "unet_encoder", "--image-size", "75", "--epochs", "1", "--batch-size", "4",
+         "--out", str(out / "run"), "--cache-dir", str(tmp_path / "cache")],
         ["evaluate", model, "--data", str(data), "--out", str(out / "evaluate"),
          "--bootstrap", "50", "--cache-dir", str(tmp_path / "cache")],
         ["predict", model, str(data), "--out", str(out / "predictions.csv")],

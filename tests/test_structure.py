@@ -108,10 +108,11 @@ def test_no_import_cycle_among_the_package_modules():
     assert cycles(graph) == []
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_every_module_imports_in_a_fresh_interpreter_in_any_order(seed):
+def test_every_module_imports_in_a_fresh_interpreter_in_a_shuffled_order():
+    """One shuffled order (15 s of a fresh interpreter each): the graph above, which has no
+    cycle, is what makes every order work; this run catches what an import does at run time."""
     order = [m for m in MODULES if m != "cardiomegaly.__main__"]  # that one runs the CLI
-    random.Random(seed).shuffle(order)
+    random.Random(0).shuffle(order)
     code = f"import importlib\nfor m in {order!r}:\n    importlib.import_module(m)\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300, check=False)  # fmt: skip

@@ -28,7 +28,7 @@ from .data.preprocess import film_box_to_square, prepare_file_with_meta, to_floa
 from .data.records import DataArg, data_label
 from .data.split import select_records
 from .errors import ImageError, UserError
-from .evaluate.metrics import patient_resamples, percentile_interval, wilson
+from .evaluate.metrics import bootstrap_mean, percentile_interval, wilson
 from .fileio import atomic_open, atomic_write_text, fresh_folder, next_run_folder
 from .model import ARCHS, read_metadata
 from .predict import Classifier, Prediction
@@ -314,12 +314,8 @@ def _summarise(rows: list[dict[str, Any]], size: int, n_boot: int, seed: int) ->
     labels = [r["label"] for r in boxed]
 
     def mean_with_ci(values: np.ndarray) -> dict[str, Any]:
-        boots = [
-            np.average(values, weights=wt)
-            for wt in patient_resamples(patients, labels, n_boot, seed)
-            if wt.sum() > 0
-        ]
-        return {"value": float(values.mean()), "ci95": percentile_interval(np.array(boots))}
+        boot = bootstrap_mean(values, patients, labels, n=n_boot, seed=seed)
+        return {"value": float(values.mean()), "ci95": percentile_interval(boot)}
 
     return {
         **summary,

@@ -173,6 +173,7 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
         state = _resume(run_dir, model, opt, ddp)
     stages = _stages(cfg)
     board = _tensorboard(run_dir) if ddp.main else None
+    curves = plots.Redraw(lambda: _plot_curves(run_dir / "curves.png", state.history))
 
     for epoch in range(state.epoch, cfg.epochs):
         stage, blocks = stages[epoch]
@@ -261,6 +262,7 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
                 meta = _metadata(cfg, data, state, val_labels.numpy(), val_probs.numpy())
                 save_model(run_dir / "model.safetensors", opt.judged(model), meta, data.embedded())
             _write_history(run_dir, state.history)
+            curves.update()
             _log_scalars(board, row)
             _save_last(run_dir / "last.pt", model, opt, state)
         barrier(ddp)
@@ -269,6 +271,8 @@ def _train(cfg: TrainConfig, ddp: Dist, out, resume) -> TrainResult:
                 log.info("early stop: no better validation AUROC for %d epochs", cfg.patience)
             break
 
+    if ddp.main:
+        curves.flush()
     if board is not None:
         board.close()
     test = _finish(cfg, ddp, run_dir, data)
@@ -558,7 +562,6 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    _plot_curves(run_dir / "curves.png", history)
 
 
 def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,42 @@ def save(fig: Figure, path: str | Path) -> None:
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
+
+
+class Redraw:
+    """A picture that follows a run (its training curves), redrawn after an epoch only when
+    ``every`` seconds have passed since it was last drawn, and always by :meth:`flush` at the end.
+
+    Drawing costs about a second: nothing beside an epoch of minutes, which is redrawn every
+    time, but most of an epoch of seconds (phantoms, tests), which would spend its time drawing.
+
+    >>> drawn = []
+    >>> curves = Redraw(lambda: drawn.append(1), every=60)
+    >>> curves.update(); curves.update(); curves.flush(); curves.flush()
+    >>> len(drawn)
+    1
+    >>> every_time = Redraw(lambda: drawn.append(1), every=0)
+    >>> every_time.update(); every_time.update(); every_time.flush()
+    >>> len(drawn)
+    3
+    """
+
+    def __init__(self, draw: Callable[[], None], every: float = 30.0):
+        self._draw, self._every = draw, every
+        self._last = time.monotonic()
+        self._stale = True  # a resumed run draws at its end even when it has no epoch left
+
+    def update(self) -> None:
+        """The data changed: draw now if the last drawing is old enough."""
+        self._stale = True
+        if time.monotonic() - self._last >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Draw now if anything changed since the last drawing."""
+        if self._stale:
+            self._draw()
+            self._last, self._stale = time.monotonic(), False
 
 
 def roc_plot(

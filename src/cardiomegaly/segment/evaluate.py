@@ -24,9 +24,10 @@ from ..evaluate import plots
 from ..evaluate.html import esc, figures_section, page, sources_text, table
 from ..evaluate.metrics import (
     auroc,
+    bootstrap_mean,
     choose_threshold,
     operating_point,
-    patient_resamples,
+    patient_bootstrap,
     percentile_interval,
 )
 from ..evaluate.run import EvalResult, out_folder
@@ -139,22 +140,22 @@ def _view_aware(val: pd.DataFrame, test: pd.DataFrame, n_boot: int, seed: int) -
     }
 
 
-def _mean_with_ci(values: np.ndarray, weights_iter) -> dict[str, Any]:
+def _mean_with_ci(
+    values: np.ndarray, patients: np.ndarray, n_boot: int, seed: int
+) -> dict[str, Any]:
     if not len(values):
         return {"value": None, "undefined": "no film"}
-    boot = np.array([np.average(values, weights=w) for w in weights_iter if w.sum() > 0])
+    boot = bootstrap_mean(values, patients, np.zeros(len(values)), n=n_boot, seed=seed)
     return {"value": float(np.mean(values)), "ci95": percentile_interval(boot)}
 
 
 def _auroc_with_ci(y, score, patients, n_boot, seed) -> dict[str, Any]:
     if len(set(y)) < 2:
         return {"value": None, "undefined": "one class only"}
-    boot = np.array(
-        [auroc(y, score, weights=w) for w in patient_resamples(patients, y, n=n_boot, seed=seed)]
-    )
+    boot = patient_bootstrap(y, score, patients, n=n_boot, seed=seed)
     return {
         "value": auroc(y, score),
-        "ci95": percentile_interval(boot),
+        "ci95": percentile_interval(boot.auroc),
         "n": len(y),
         "positives": int(np.sum(y)),
     }
@@ -176,19 +177,14 @@ def _metrics(frame: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
         p = scored["patient"].astype(str).to_numpy()
         for name in ("dice", "iou"):
             out[name] = {
-                organ: _mean_with_ci(
-                    scored[f"{name}_{organ}"].to_numpy(),
-                    patient_resamples(p, np.zeros(len(p)), n_boot, seed),
-                )
+                organ: _mean_with_ci(scored[f"{name}_{organ}"].to_numpy(), p, n_boot, seed)
                 for organ in MASK_CLASSES
             }
         both = measured.dropna(subset=["ctr_reference"])
         diff = (both["ctr"] - both["ctr_reference"]).to_numpy()
         pb = both["patient"].astype(str).to_numpy()
         out["ctr_error"] = {
-            "mae": _mean_with_ci(
-                np.abs(diff), patient_resamples(pb, np.zeros(len(pb)), n_boot, seed)
-            ),
+            "mae": _mean_with_ci(np.abs(diff), pb, n_boot, seed),
             "bias": float(diff.mean()) if len(diff) else None,
             "limits_of_agreement": [
                 float(diff.mean() - 1.96 * diff.std(ddof=1)),

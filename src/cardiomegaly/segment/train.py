@@ -118,6 +118,7 @@ def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> Segme
         scheduler.load_state_dict(saved["scheduler"])
         state = RunState.from_checkpoint(saved["state"])
         log.info("resuming %s after epoch %d", run_dir, state.epoch)
+    curves = plots.Redraw(lambda: _plot_curves(run_dir / "curves.png", state.history))
 
     for epoch in range(state.epoch, cfg.epochs):
         net: nn.Module = model
@@ -185,6 +186,7 @@ def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> Segme
                     _metadata(cfg, records.format, tables, state, preprocessing),
                 )
             _write_history(run_dir, state.history)
+            curves.update()
             save_checkpoint(
                 run_dir / "last.pt",
                 {
@@ -202,6 +204,7 @@ def train_segmenter(cfg: TrainConfig, ddp: Dist, out=None, resume=None) -> Segme
 
     test = {}
     if ddp.main:
+        curves.flush()
         test = _evaluate_test(cfg, ddp, run_dir)
         if cfg.export_onnx:
             export_beside(run_dir / "model.safetensors")
@@ -322,6 +325,9 @@ def _evaluate_test(cfg: TrainConfig, ddp: Dist, run_dir: Path) -> dict[str, Any]
 def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     with atomic_open(run_dir / "history.csv", "w", newline="", encoding="utf-8") as f:
         pd.DataFrame(history).to_csv(f, index=False)
+
+
+def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     fig, axes = plots.figure(10, 3.8, ncols=2)
     epochs = [h["epoch"] for h in history]
     axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
@@ -335,4 +341,4 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    plots.save(fig, run_dir / "curves.png")
+    plots.save(fig, path)

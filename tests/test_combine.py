@@ -153,6 +153,24 @@ def test_the_threshold_is_chosen_by_the_rule_on_the_fitted_scores():
     assert (scores[y == 0] < combined.threshold).all()
 
 
+def test_the_table_holds_each_score_exactly_so_its_prediction_reads_off_it(tmp_path):
+    # The threshold is one of the scores it was chosen on (here 7/12): rounded to six decimals
+    # in the file, the films at the threshold would read as below it yet be predicted positive.
+    p = np.array([0.1, 0.9, 0.2, 0.6, 0.7, 0.8])
+    c = np.array([0.66, 0.40, 0.45, 0.62, 0.60, 0.55])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    combined = _fit(p, c, [""] * 6, y)
+    assert combined.threshold == 7 / 12
+    frame = pd.DataFrame({"path": [f"f{i}.png" for i in range(6)], "patient": list("abcdef"),
+                          "label": y, "view": "", "probability": p, "ctr": c,
+                          "ctr_quality": ""})  # fmt: skip
+    assess_combined(frame, combined, "seg.safetensors", tmp_path, n_boot=20)
+    table = pd.read_csv(tmp_path / "combined.csv")
+    assert (table["combined"] == combined.scores(p, c, [""] * 6)).all()
+    assert (table["prediction"] == (table["combined"] >= combined.threshold)).all()
+    assert table["prediction"].tolist() == [0, 0, 0, 1, 1, 1]
+
+
 def test_the_metadata_round_trip_gives_the_same_scores():
     rng = np.random.default_rng(1)
     p, c = rng.random(50), rng.random(50)

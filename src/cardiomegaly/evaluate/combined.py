@@ -66,10 +66,14 @@ def assess_combined(
     folder.mkdir(parents=True, exist_ok=True)
     keep = [c for c in ("path", "patient", "source", "view", "negative_kind", "fold") if c in frame]
     keep += ["label", "probability", "ctr", "ctr_quality", "combined", "combined_or_probability"]
+    # The scores are written exactly: the threshold is one of them (chosen on these very films
+    # out of fold), and a score rounded below it would read as the wrong side of the cut.
+    exact = ["combined", "combined_or_probability"]
+    table = frame[keep].round({c: 6 for c in keep if c not in exact})
     with atomic_open(folder / "combined.csv", "w", encoding="utf-8", newline="") as f:
-        frame[keep].assign(
+        table.assign(
             prediction=(frame["combined"] >= combined.threshold).astype(int).where(ok, None)
-        ).to_csv(f, index=False, float_format="%.6f")
+        ).to_csv(f, index=False)
     part, threshold = frame[ok], {f"{combined.rule} (combined threshold)": combined.threshold}
     result = assess(part.assign(probability=part["combined"]), threshold, n_boot=n_boot,
                     seed=seed)  # fmt: skip

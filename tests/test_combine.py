@@ -136,6 +136,9 @@ def test_the_assessment_scores_all_films_beside_the_measured_ones(tmp_path, caps
     table = pd.read_csv(tmp_path / "combined.csv")
     np.testing.assert_allclose(table["combined_or_probability"], expected, atol=1e-6)
     assert table.loc[table["ctr"].isna(), "combined"].isna().all()
+    written = pd.read_csv(tmp_path / "combined.csv", dtype=str, keep_default_na=False)
+    assert set(written.loc[table["ctr"].isna(), "prediction"]) == {""}  # no prediction unmeasured
+    assert set(written.loc[table["ctr"].notna(), "prediction"]) == {"0", "1"}  # whole numbers
     _print_combined(metrics, tmp_path)
     assert "on all 60 films, the 12 not measured ranked by the probability alone" in (
         capsys.readouterr().out

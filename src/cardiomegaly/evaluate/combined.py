@@ -72,8 +72,8 @@ def assess_combined(
     table = frame[keep].round({c: 6 for c in keep if c not in exact})
     with atomic_open(folder / "combined.csv", "w", encoding="utf-8", newline="") as f:
         table.assign(
-            prediction=(frame["combined"] >= combined.threshold).astype(int).where(ok, None)
-        ).to_csv(f, index=False)
+            prediction=(frame["combined"] >= combined.threshold).astype(int).where(ok)
+        ).astype({"prediction": "Int64"}).to_csv(f, index=False)  # 0, 1, or blank unmeasured
     part, threshold = frame[ok], {f"{combined.rule} (combined threshold)": combined.threshold}
     result = assess(part.assign(probability=part["combined"]), threshold, n_boot=n_boot,
                     seed=seed)  # fmt: skip

@@ -102,6 +102,8 @@ def test_predict_backend_onnx_finds_the_export_beside_the_model(small_run, tiny_
     assert (a["probability"] - b["probability"]).abs().max() <= 1e-4
 
 
+# TorchScript is deprecated upstream and still what C++ (LibTorch) deployments load.
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_export_carries_the_metadata(tiny_run, tmp_path):
     result = export(tiny_run / "model.safetensors", "torchscript", tmp_path / "m.pt")
     assert result.max_probability_difference <= 1e-4

@@ -4,6 +4,10 @@ consumer takes like any other."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import fastapi.testclient as fastapi_testclient
 import numpy as np
 import pandas as pd
@@ -164,3 +168,49 @@ def test_a_resume_on_data_whose_patients_changed_is_refused(cv_run, tiny_phantom
                        r"1 gone\).*start a new run"):  # fmt: skip
         train(resume=run)
     assert (run / "folds.csv").read_bytes() == folds and not (run / "fold2").exists()
+
+
+def _write_oof(run, patients, labels, scores, kinds):
+    (run / "oof").mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "path": [f"film{i}.png" for i in range(len(labels))],
+            "patient": patients,
+            "view": ["PA", "AP"] * (len(labels) // 2),
+            "negative_kind": kinds,
+            "label": labels,
+            "probability": scores,
+        }
+    ).to_csv(run / "oof" / "predictions.csv", index=False)
+
+
+def test_compare_oof_pairs_two_runs_on_the_same_films(tmp_path):
+    """benchmarks/compare_oof.py: the paired intervals of docs/experiments.md."""
+    script = Path(__file__).parents[1] / "benchmarks" / "compare_oof.py"
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(40, int), np.zeros(120, int)]
+    patients = [f"p{i // 2}" for i in range(160)]
+    kinds = [""] * 40 + ["no finding"] * 60 + ["other findings"] * 60
+    _write_oof(tmp_path / "a", patients, labels, rng.random(160), kinds)  # chance
+    _write_oof(tmp_path / "b", patients, labels, labels + rng.random(160) * 0.5, kinds)  # perfect
+    _write_oof(tmp_path / "c", patients[:-2], labels[:-2], rng.random(158), kinds[:-2])
+
+    def run(*runs):
+        out = tmp_path / "table.csv"
+        done = subprocess.run(
+            [sys.executable, str(script), *map(str, runs), "--out", str(out)],
+            capture_output=True,
+            text=True,
+        )
+        return done, (pd.read_csv(out).set_index("films") if done.returncode == 0 else None)
+
+    done, table = run(tmp_path / "a", tmp_path / "b")
+    assert done.returncode == 0, done.stderr
+    assert {"all films", "against no finding", "against other findings, AP"} <= set(table.index)
+    better = table.loc["all films"]
+    assert better["auroc_b"] == 1.0 and better["low"] > 0
+    assert better["low"] <= better["difference"] <= better["high"]
+    same = run(tmp_path / "a", tmp_path / "a")[1]
+    assert (same["difference"] == 0).all() and (same["low"] == 0).all()
+    done, _ = run(tmp_path / "a", tmp_path / "c")
+    assert done.returncode != 0 and "different films" in done.stderr

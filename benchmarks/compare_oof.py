@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
-from cardiomegaly.evaluate.metrics import patient_bootstrap
+from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_interval
 
 SCORES = ("probability", "combined", "combined_or_probability")
 
@@ -66,8 +64,8 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int = 2000, seed: int = 0)
                 patient_bootstrap(y, sb, patients, n=n_boot, seed=seed).auroc
                 - patient_bootstrap(y, sa, patients, n=n_boot, seed=seed).auroc
             )
-            auc_a, auc_b = roc_auc_score(y, sa), roc_auc_score(y, sb)
-            low, high = np.nanpercentile(diff, [2.5, 97.5])
+            auc_a, auc_b = auroc(y, sa), auroc(y, sb)
+            low, high = percentile_interval(diff)
             rows.append(
                 {
                     "score": column,

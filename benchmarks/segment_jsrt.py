@@ -32,6 +32,7 @@ import torch
 
 from cardiomegaly import TrainConfig, train
 from cardiomegaly.data.records import load_records
+from cardiomegaly.data.split import save_splits
 from cardiomegaly.evaluate.metrics import percentile_interval
 from cardiomegaly.segment.ctr import MASK_CLASSES
 from cardiomegaly.segment.evaluate import evaluate_segmenter
@@ -52,7 +53,7 @@ def write_split(records, fold_of: dict[str, int], fold: int, k: int, path: Path)
     split = records.table["patient"].map(
         lambda p: "test" if fold_of[p] == fold else "val" if p in val else "train"
     )
-    pd.DataFrame({"patient": records.table["patient"], "split": split}).to_csv(path, index=False)
+    save_splits(records, split, path)
 
 
 def speed(arch: str, size: int, width: int) -> float:

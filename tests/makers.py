@@ -221,6 +221,13 @@ def write_two_nih(root: Path, patients: int = 12) -> tuple[Path, Path]:
     return root / "cardio", root / "others"
 
 
+def films_by_patient(records) -> list[list[str]]:
+    """Who is one patient, as the records group films: each patient's films as folder/name,
+    sorted (the table holds pseudonyms, not the ids a test wrote)."""
+    names = records.table["path"].map(lambda p: f"{Path(p).parent.name}/{Path(p).name}")
+    return sorted(sorted(group) for _, group in names.groupby(records.table["patient"]))
+
+
 def write_chexpert(root: Path, rows: list[dict]) -> Path:
     """A CheXpert-v1.0-small folder; each row gives patient, study, view, flags ('' = blank)."""
     table = []

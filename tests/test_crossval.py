@@ -55,10 +55,10 @@ def test_every_film_is_scored_once_by_the_fold_that_never_saw_its_patient(cv_run
     records = load_records(tiny_phantoms)
     oof = pd.read_csv(cv_run / "oof" / "predictions.csv", dtype={"patient": str})
     assert sorted(oof["path"]) == sorted(records.table["path"])  # all, each once
-    folds = pd.read_csv(cv_run / "folds.csv", dtype={"patient": str}).set_index("patient")
-    assert (
-        oof["fold"].to_numpy() == folds.loc[oof["patient"].astype(str), "fold"].to_numpy()
-    ).all()
+    folds = pd.read_csv(cv_run / "folds.csv")  # one row per film, its path as splits.csv has it
+    assert list(folds.columns) == ["fold", "patient", "label", "path"]
+    fold_of = folds.set_index(folds["path"].map(lambda p: str(records.root / p)))["fold"]
+    assert (oof["fold"].to_numpy() == fold_of.loc[oof["path"]].to_numpy()).all()
     for k in range(3):
         splits = pd.read_csv(cv_run / f"fold{k}" / "splits.csv", dtype={"patient": str})
         seen = set(splits.loc[splits["split"] != "test", "patient"])
@@ -151,7 +151,7 @@ def test_a_resumed_cross_validation_skips_finished_folds(cv_run, tmp_path):
     assert read_metadata(run / "model.safetensors")["architecture"]["members"] == 3
 
 
-def test_a_resume_on_data_whose_patients_changed_is_refused(cv_run, tiny_phantoms, tmp_path):
+def test_a_resume_on_changed_films_or_patients_is_refused(cv_run, tiny_phantoms, tmp_path):
     import shutil
 
     data, run = tmp_path / "data", tmp_path / "run"
@@ -161,12 +161,27 @@ def test_a_resume_on_data_whose_patients_changed_is_refused(cv_run, tiny_phantom
     config = (run / "config.yaml").read_text().replace(str(tiny_phantoms), str(data))
     (run / "config.yaml").write_text(config)
     table = pd.read_csv(data / "phantoms.csv", dtype={"patient": str})
-    gone = table["patient"].iloc[0]
-    table[table["patient"] != gone].to_csv(data / "phantoms.csv", index=False)
+    gone = table["patient"] == table["patient"].iloc[0]
+    table[~gone].to_csv(data / "phantoms.csv", index=False)
     folds = (run / "folds.csv").read_bytes()
-    with pytest.raises(UserError, match=r"data changed since this run began \(0 patients added, "
-                       r"1 gone\).*start a new run"):  # fmt: skip
+    with pytest.raises(UserError, match=rf"data changed since this run began \(0 images added, "
+                       rf"{gone.sum()} gone\).*start a new run"):  # fmt: skip
         train(resume=run)
+    # The same films, one of them now another patient's, of another fold.
+    saved = pd.read_csv(run / "folds.csv")
+    film = saved.loc[saved["fold"] == 0, "path"].iloc[0]
+    other = saved.loc[saved["fold"] == 1, "path"].iloc[0]
+    moved = table["image"] == film
+    table.loc[moved, "patient"] = table.loc[table["image"] == other, "patient"].iloc[0]
+    table.to_csv(data / "phantoms.csv", index=False)  # every film again
+    with pytest.raises(UserError, match=r"patients changed since this run began \(a patient's "
+                       r"images are now in two folds\)"):  # fmt: skip
+        train(resume=run)
+    # A folds.csv of an earlier version: one row per patient id, no paths.
+    (run / "folds.csv").write_text("patient,fold,images,positives\n00001,0,2,1\n")
+    with pytest.raises(UserError, match="not a folds.csv of this version"):
+        train(resume=run)
+    (run / "folds.csv").write_bytes(folds)
     assert (run / "folds.csv").read_bytes() == folds and not (run / "fold2").exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,3 +183,49 @@ def test_no_patient_identifier_reaches_any_output(tmp_path, capfd):
         for path in out.rglob("*"):
             if path.is_file():
                 assert value.encode() not in path.read_bytes(), path
+
+
+def test_no_patient_id_of_a_label_table_reaches_any_output(tmp_path, capfd, tiny_phantoms, seg_run):
+    """A label table whose patient column holds identifying strings, through ``data --splits``,
+    cross-validation with the ratio (folds.csv, each fold's split, predictions and report, the
+    pooled predictions and combined.csv), evaluate and explain, logging verbosely: no output
+    holds them. Films are named by path, patients by the pseudonyms the records table gives."""
+    phantoms = pd.read_csv(tiny_phantoms / "phantoms.csv", dtype={"patient": str})
+    data, out, cache = tmp_path / "data", tmp_path / "out", str(tmp_path / "cache")
+    data.mkdir()
+    files = [f"film{i:02d}.png" for i in range(len(phantoms))]
+    for name, image in zip(files, phantoms["image"], strict=True):
+        shutil.copy(tiny_phantoms / image, data / name)
+    mrn = IDENTIFIERS["PatientID"] + "-" + phantoms["patient"]
+    pd.DataFrame({"file": files, "finding": phantoms["label"], "mrn": mrn}).to_csv(
+        data / "labels.csv", index=False
+    )
+    (data / "data.yaml").write_text(
+        "format: csv\ncsv: labels.csv\ncolumns: {path: file, label: finding, patient: mrn}\n"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"split": {"train": 0.5, "val": 0.25, "test": 0.25},
+                                      "export_onnx": False}))  # fmt: skip
+    model = str(out / "cv" / "model.safetensors")
+    commands = [
+        ["data", str(data), "--splits", str(out / "splits.csv"), "--cache-dir", cache],
+        ["train", "--data", str(data), "--config", str(config), "--weights", "none",
+         "--arch", "unet_encoder", "--image-size", "75", "--epochs", "1", "--batch-size", "8",
+         "--folds", "2", "--ctr-model", str(seg_run / "model.safetensors"),
+         "--out", str(out / "cv"), "--cache-dir", cache],
+        ["evaluate", model, "--data", str(data), "--split", "all", "--out", str(out / "evaluate"),
+         "--bootstrap", "50", "--cache-dir", cache],
+        ["explain", model, "--data", str(data), "--split", "all", "--out", str(out / "explain"),
+         "--bootstrap", "50"],
+    ]  # fmt: skip
+    for argv in commands:
+        assert main(["-v", *argv]) == 0, argv
+    printed = "".join(capfd.readouterr())
+    folds = pd.read_csv(out / "cv" / "folds.csv")
+    assert folds["patient"].nunique() == phantoms["patient"].nunique()  # grouped, pseudonymous
+    assert (out / "cv" / "oof" / "combined.csv").is_file()
+    written = [path for path in out.rglob("*") if path.is_file()]
+    assert len(written) > 40
+    assert IDENTIFIERS["PatientID"] not in printed
+    for path in written:
+        assert IDENTIFIERS["PatientID"].encode() not in path.read_bytes(), path

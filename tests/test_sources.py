@@ -14,9 +14,13 @@ from cardiomegaly import (
     ConfigError,
     DataConfig,
     DataError,
+    Records,
+    SplitConfig,
     detect_format,
     load_records,
+    patient_split,
 )
+from cardiomegaly.data.split import patient_folds
 from makers import write_chexpert, write_jpeg, write_mimic, write_nih
 
 NIH_ROWS = [
@@ -98,7 +102,9 @@ def test_chexpert_uncertain_policies(tmp_path, policy, positives, negatives, unc
     )
     assert records.excluded["lateral view (frontal only)"] == 1
     assert records.excluded["neither Cardiomegaly nor No Finding"] == 2  # 0.0 and blank, no NF
-    assert set(records.table["patient"]) <= {f"patient0000{i}" for i in range(1, 6)}
+    folder = records.table["path"].str.extract(r"(patient\d+)", expand=False)  # CheXpert's ids
+    assert (folder.groupby(records.table["patient"]).nunique() == 1).all()
+    assert records.patients == folder.nunique()
     assert not records.missing  # 'CheXpert-v1.0-small/...' paths resolve from the parent
 
 
@@ -151,6 +157,39 @@ def test_mimic_joins_study_labels_to_images_and_filters_views(tmp_path):
 # -------------------------------------------------------------------------------- generic CSV
 
 
+def test_patient_ids_become_pseudonyms_that_split_as_the_ids_do(tmp_path):
+    """The records table holds p01, p02, ... numbered in the order of the ids, never an id, and
+    the splits and folds drawn from it are the ones the ids would give."""
+    rng = np.random.default_rng(0)
+    ids = [f"MRN-{n}" for n in rng.choice(10**6, size=24, replace=False) for _ in range(2)]
+    for i in range(len(ids)):
+        write_jpeg(tmp_path / f"film{i}.jpg")
+    labels = [int(k % 3 == 0) for k in range(len(ids) // 2) for _ in range(2)]
+    pd.DataFrame({"path": [f"film{i}.jpg" for i in range(len(ids))], "label": labels,
+                  "patient": ids}).to_csv(tmp_path / "labels.csv", index=False)  # fmt: skip
+    columns = {"path": "path", "label": "label", "patient": "patient"}
+    records = load_records(_yaml(tmp_path, format="csv", csv="labels.csv", columns=columns))
+    assert "MRN" not in records.table.to_csv()
+    assert sorted(set(records.table["patient"])) == [f"p{k:02d}" for k in range(1, 25)]
+    order = np.argsort(ids, kind="stable")
+    assert sorted(records.table["patient"]) == list(records.table["patient"].iloc[order])
+    with_ids = Records(records.table.assign(patient=ids), records.format, records.root)
+    for seed in (0, 1):
+        assert patient_split(records, SplitConfig(seed=seed)).equals(
+            patient_split(with_ids, SplitConfig(seed=seed)))  # fmt: skip
+        assert patient_folds(records, 4, seed).equals(patient_folds(with_ids, 4, seed))
+
+
+def test_a_csv_with_a_patient_column_needs_no_data_yaml_to_group_a_patients_films(tmp_path):
+    for i in range(4):
+        write_jpeg(tmp_path / f"f{i}.jpg")
+    table = {"path": [f"f{i}.jpg" for i in range(4)], "label": [1, 1, 0, 0],
+             "patient": ["A", "A", "B", "B"]}  # fmt: skip
+    pd.DataFrame(table).to_csv(tmp_path / "labels.csv", index=False)
+    records = load_records(tmp_path / "labels.csv")
+    assert list(records.table["patient"]) == ["p1", "p1", "p2", "p2"] and not records.notes
+
+
 def _csv_dataset(tmp_path, labels=("Cardiomegaly", "No Finding", "No Finding", "Cardiomegaly")):
     for i in range(len(labels)):
         write_jpeg(tmp_path / "images" / f"{i // 2:08d}_{i:03d}.jpg")
@@ -189,7 +228,7 @@ def test_csv_with_yaml_columns_regex_patients_and_boxes(tmp_path):
     t = records.table
     assert records.format == "csv"
     assert (records.positives, records.negatives, records.patients) == (2, 2, 2)
-    assert list(t["patient"]) == ["00000000", "00000000", "00000001", "00000001"]
+    assert list(t["patient"]) == ["p1", "p1", "p2", "p2"]  # pseudonyms of 00000000, 00000001
     assert (t.box_x[0], t.box_y[0], t.box_w[0], t.box_h[0]) == (10, 20, 20, 40)
     assert np.isnan(t.box_w[1])
 

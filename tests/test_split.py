@@ -68,20 +68,41 @@ def test_saved_splits_are_read_back_identically(tmp_path):
     assert again.equals(split)
 
 
-def test_a_split_file_must_cover_every_patient(tmp_path):
+def test_a_split_file_must_cover_every_image(tmp_path):
     records = _records()
     save_splits(records, patient_split(records), tmp_path / "splits.csv")
     saved = pd.read_csv(tmp_path / "splits.csv", dtype=str)
-    first = saved["patient"].iloc[0]
-    saved[saved["patient"] != first].to_csv(tmp_path / "fewer.csv", index=False)
-    with pytest.raises(DataError, match=f"1 patients of the data .* \\(e.g. {first}\\)"):
-        read_splits(tmp_path / "fewer.csv", records.table)
+    saved.iloc[1:].to_csv(tmp_path / "fewer.csv", index=False)
+    with pytest.raises(DataError, match="1 images of the data .* \\(e.g. 0_0.png\\)"):
+        read_splits(tmp_path / "fewer.csv", records)
 
 
-def test_a_split_file_with_a_patient_in_two_splits_is_refused(tmp_path):
-    (tmp_path / "mixed.csv").write_text("patient,split\nP0001,train\nP0001,test\n")
-    with pytest.raises(DataError, match="patient P0001 is in train and test"):
-        read_splits(tmp_path / "mixed.csv", _records().table)
+def test_a_split_file_is_matched_by_image_not_by_patient_column(tmp_path):
+    """The file's patient column is a pseudonym of the run that wrote it: the same data with a
+    patient more or fewer numbers its patients otherwise, so a film keeps its split by path."""
+    records = _records()
+    split = patient_split(records)
+    save_splits(records, split, tmp_path / "splits.csv")
+    saved = pd.read_csv(tmp_path / "splits.csv", dtype=str)
+    saved.assign(patient=saved["patient"].sample(frac=1, random_state=0).to_numpy()).to_csv(
+        tmp_path / "shuffled.csv", index=False
+    )
+    assert read_splits(tmp_path / "shuffled.csv", records).equals(split)
+
+
+def test_a_split_file_that_splits_a_patient_is_refused(tmp_path):
+    records = _records()
+    save_splits(records, patient_split(records), tmp_path / "splits.csv")
+    saved = pd.read_csv(tmp_path / "splits.csv", dtype=str)
+    first = saved["path"] == "0_0.png"  # patient P0000 has more than one image with seed 0
+    assert (saved["patient"] == saved["patient"][first].iloc[0]).sum() > 1
+    saved.loc[first, "split"] = "test" if saved["split"][first].iloc[0] != "test" else "train"
+    saved.to_csv(tmp_path / "mixed.csv", index=False)
+    with pytest.raises(DataError, match=r"images of one patient \(0_0.png, 0_1.png\) in .* and"):
+        read_splits(tmp_path / "mixed.csv", records)
+    (tmp_path / "twice.csv").write_text("path,split\n0_0.png,train\n0_0.png,test\n")
+    with pytest.raises(DataError, match="0_0.png is in train and test"):
+        read_splits(tmp_path / "twice.csv", records)
 
 
 def test_fractions_must_add_up_to_one():

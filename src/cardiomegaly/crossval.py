@@ -38,7 +38,7 @@ from .combine import CombinedScore
 from .config import THRESHOLD_RULES, TrainConfig, save_yaml
 from .data.cache import seen_metadata
 from .data.records import Records, absolute_sources, load_records
-from .data.split import fold_split, patient_folds, save_splits
+from .data.split import film_keys, fold_split, patient_folds, save_splits
 from .errors import UserError
 from .evaluate.combined import assess_combined, measure_records
 from .evaluate.metrics import choose_threshold, operating_point
@@ -80,7 +80,7 @@ def train_folds(
         Measurer.load(cfg.ctr_model, device=cfg.device)
     records = load_records(cfg.data, cfg.data_config)
     saved = run_dir / "folds.csv"
-    if resume and saved.is_file():  # finished folds were tested on these patients: keep them
+    if resume and saved.is_file():  # finished folds were tested on these films: keep them
         folds = _saved_folds(records, saved)
     else:
         folds = patient_folds(records, cfg.folds, cfg.split.seed)
@@ -120,27 +120,37 @@ def _finished(fold_dir: Path) -> bool:
 
 
 def _saved_folds(records: Records, path: Path) -> pd.Series:
-    """The fold of every row as ``folds.csv`` assigned it when the run began; a resume on data
-    whose patients changed since is refused (dealt again, a patient a finished fold trained on
-    could land in another fold's test split)."""
-    saved = pd.read_csv(path, dtype={"patient": str}).set_index("patient")["fold"]
-    now = set(records.table["patient"])
-    added, gone = len(now - set(saved.index)), len(set(saved.index) - now)
+    """The fold of every row as ``folds.csv`` assigned it when the run began, matched by image
+    path; a resume on data whose films or patients changed since is refused (dealt again, a
+    patient a finished fold trained on could land in another fold's test split)."""
+    saved = pd.read_csv(path, dtype={"path": str})
+    if not {"path", "fold"} <= set(saved.columns):  # an earlier version's, one row per patient
+        raise UserError(f"{path}: not a folds.csv of this version (no path and fold columns); "
+                        "start a new run, or resume with the version that began it")  # fmt: skip
+    saved = saved.set_index("path")["fold"]
+    keys = film_keys(records)
+    added, gone = int((~keys.isin(saved.index)).sum()), len(set(saved.index) - set(keys))
     if added or gone:
         raise UserError(
-            f"{path.parent}: the data changed since this run began ({added} patients added, "
+            f"{path.parent}: the data changed since this run began ({added} images added, "
             f"{gone} gone), so its folds no longer hold; start a new run"
         )
-    return records.table["patient"].map(saved).astype(int).rename("fold")
+    folds = keys.map(saved).astype(int).rename("fold")
+    if (folds.groupby(records.table["patient"]).nunique() > 1).any():
+        raise UserError(
+            f"{path.parent}: the data's patients changed since this run began (a patient's "
+            "images are now in two folds), so its folds no longer hold; start a new run"
+        )
+    return folds
 
 
 def _save_folds(records: Records, folds: pd.Series, path: Path) -> None:
-    """folds.csv: each patient's fold, images and positive images."""
-    table = records.table.assign(fold=folds)
-    per = table.groupby("patient").agg(fold=("fold", "first"), images=("label", "size"),
-                                       positives=("label", "sum"))  # fmt: skip
+    """folds.csv: every image's fold, patient (the pseudonym), label and path (as splits.csv
+    names it), by fold and patient."""
+    table = pd.DataFrame({"fold": folds, "patient": records.table["patient"],
+                          "label": records.table["label"], "path": film_keys(records)})  # fmt: skip
     with atomic_open(path, "w", encoding="utf-8", newline="") as f:
-        per.reset_index().sort_values(["fold", "patient"]).to_csv(f, index=False)
+        table.sort_values(["fold", "patient", "path"]).to_csv(f, index=False)
 
 
 def _pool(cfg: TrainConfig, records: Records, run_dir: Path) -> dict[str, Any]:

@@ -4,6 +4,12 @@ Several sources make one table: each row keeps its ``source`` (the folder or fil
 a patient of one dataset found in two folders (the same NIH patient ID) stays one patient, and
 patients of different datasets never merge (their ids are prefixed by dataset or source).
 
+Patient ids go no further than this module: once the sources are read and merged, each id is
+replaced by a pseudonym (``p001``, ``p002``, ... numbered in the order of the ids), so no split
+file, prediction table, report, log line or model file downstream can hold one. The pseudonyms
+group and order the films as the ids did, so splits and bootstrap intervals are the ones the
+ids would give; the mapping back is kept nowhere. Files are told apart by their paths.
+
 One row per image, with the columns in :data:`RECORD_COLUMNS` (sources may add more, such as
 ``ctr`` for phantoms or ``source_split`` for MIMIC). Rows that are neither positive nor negative,
 whose view is filtered out, or whose file is missing are counted by reason and left out, never
@@ -35,7 +41,7 @@ log = logging.getLogger(__name__)
 RECORD_COLUMNS = [
     "path",  # absolute path of the image file
     "label",  # 1 = cardiomegaly, 0 = negative
-    "patient",  # patient id (string); splits never separate a patient's images
+    "patient",  # the patient's pseudonym (p001, ...); splits never separate a patient's images
     "view",  # PA / AP / "" when unknown
     "sex",  # M / F / ""
     "age",  # years (float, NaN when unknown)
@@ -134,7 +140,8 @@ def load_records(data: DataArg, config: DataConfig | None = None) -> Records:
     ``data`` is a folder (format detected from its files, or read by the ``data.yaml`` in it),
     a CSV (NIH, CheXpert, or one with ``path``/``label`` columns), a data YAML naming format and
     columns, ``synthetic`` for phantoms generated on the fly, or a list of these. ``config``
-    overrides what each YAML says.
+    overrides what each YAML says. Its ``patient`` column holds pseudonyms (:func:`pseudonyms`
+    of the ids of this whole table), never the ids.
 
     >>> load_records("data.yaml").positives                           # doctest: +SKIP
     93
@@ -146,7 +153,25 @@ def load_records(data: DataArg, config: DataConfig | None = None) -> Records:
     if not items:
         raise DataError("no data: give a data folder, CSV, data YAML or 'synthetic'")
     parts = [_load_one(item, config) for item in items]
-    return parts[0] if len(parts) == 1 else combine(parts)
+    records = parts[0] if len(parts) == 1 else combine(parts)
+    records.table["patient"] = pseudonyms(records.table["patient"])
+    return records
+
+
+def pseudonyms(ids: pd.Series) -> pd.Series:
+    """Each patient id replaced by ``p`` and its rank among these ids, zero-padded to one width.
+
+    The same films share a pseudonym and the pseudonyms sort as the ids do (so a split or a
+    bootstrap drawn from them is the one the ids would give); nothing of an id is in its
+    pseudonym, and the mapping is not kept.
+
+    >>> pseudonyms(pd.Series(["MRN 88", "MRN 12", "MRN 88"])).tolist()
+    ['p2', 'p1', 'p2']
+    """
+    uniques, inverse = np.unique(ids.to_numpy(dtype=str), return_inverse=True)
+    width = len(str(len(uniques)))
+    names = np.array([f"p{k:0{width}d}" for k in range(1, len(uniques) + 1)], dtype=object)
+    return pd.Series(names[inverse], index=ids.index, name=ids.name, dtype=object)
 
 
 def combine(parts: Sequence[Records]) -> Records:

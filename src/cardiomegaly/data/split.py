@@ -43,7 +43,7 @@ def patient_split(records: Records, config: SplitConfig | None = None) -> pd.Ser
     cfg = config or SplitConfig()
     table = records.table
     if cfg.split_file:
-        return read_splits(cfg.split_file, table)
+        return read_splits(cfg.split_file, records)
     fractions = np.array([cfg.train, cfg.val, cfg.test])
     assignment: dict[str, str] = {}
     for _, group in _per_patient(table, cfg.seed).groupby("source", sort=True):
@@ -122,51 +122,66 @@ def _deal(per_patient: pd.DataFrame, fractions: np.ndarray, names) -> dict[str, 
     return assignment
 
 
-def save_splits(records: Records, split: pd.Series, path: str | Path) -> None:
-    """Write ``splits.csv`` (patient, split, label, image path relative to the data root)."""
+def film_keys(records: Records) -> pd.Series:
+    """Every row's image path relative to the data root (absolute outside it): how the files a
+    run writes (``splits.csv``, ``folds.csv``) name a film, and how they are read back."""
     root = str(records.root)
-    paths = records.table["path"].map(
+    return records.table["path"].map(
         lambda p: p[len(root) + 1 :] if p.startswith(root + "/") else p
     )
+
+
+def save_splits(records: Records, split: pd.Series, path: str | Path) -> None:
+    """Write ``splits.csv``: patient (the pseudonym), split, label, and the image path relative
+    to the data root, which is how :func:`read_splits` matches it back."""
     out = pd.DataFrame(
         {
             "patient": records.table["patient"],
             "split": split,
             "label": records.table["label"],
-            "path": paths,
+            "path": film_keys(records),
         }
     )
     with atomic_open(path, "w", encoding="utf-8", newline="") as f:
         out.to_csv(f, index=False)
 
 
-def read_splits(path: str | Path, table: pd.DataFrame) -> pd.Series:
-    """Split per row of ``table`` from a saved ``splits.csv``, matched by patient."""
+def read_splits(path: str | Path, records: Records) -> pd.Series:
+    """Split per row of ``records`` from a saved ``splits.csv``, matched by image path.
+
+    Every image must be in the file, and the file must keep each patient's images in one split
+    (a patient as ``records`` groups them)."""
     path = Path(path)
     try:
         saved = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: not a readable splits CSV ({exc})") from None
-    for column in ("patient", "split"):
+    for column in ("path", "split"):
         if column not in saved.columns:
             raise DataError(f"{path}: no column '{column}'; give a splits.csv written by a run")
     bad = sorted(set(saved["split"]) - set(SPLITS))
     if bad:
         raise DataError(f"{path}: unknown split names {bad}; use train, val and test")
-    per_patient = saved.groupby("patient")["split"].unique()
-    mixed = per_patient[per_patient.map(len) > 1]
+    per_film = saved.groupby("path")["split"].unique()
+    mixed = per_film[per_film.map(len) > 1]
     if len(mixed):
-        raise DataError(
-            f"{path}: patient {mixed.index[0]} is in {' and '.join(mixed.iloc[0])}; "
-            "a patient's images must stay in one split"
-        )
-    mapping = per_patient.map(lambda s: s[0])
-    split = table["patient"].map(mapping)
-    unknown = table.loc[split.isna(), "patient"].unique()
+        raise DataError(f"{path}: {mixed.index[0]} is in {' and '.join(mixed.iloc[0])}; "
+                        "an image can be in one split only")  # fmt: skip
+    keys = film_keys(records)
+    split = keys.map(per_film.map(lambda s: s[0]))
+    unknown = keys[split.isna()]
     if len(unknown):
         raise DataError(
-            f"{path}: {len(unknown)} patients of the data are not in this split file "
-            f"(e.g. {unknown[0]}); draw a new split instead of --split-file"
+            f"{path}: {len(unknown)} images of the data are not in this split file "
+            f"(e.g. {unknown.iloc[0]}); draw a new split instead of --split-file"
+        )
+    per_patient = split.groupby(records.table["patient"]).unique()
+    mixed = per_patient[per_patient.map(len) > 1]
+    if len(mixed):
+        films = keys[records.table["patient"] == mixed.index[0]]
+        raise DataError(
+            f"{path}: it puts the images of one patient ({', '.join(films.iloc[:2])}) in "
+            f"{' and '.join(sorted(mixed.iloc[0]))}; a patient's images must stay in one split"
         )
     return split.rename("split")
 

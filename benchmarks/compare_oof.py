@@ -4,10 +4,11 @@
 Not a test: a measurement (seconds). Each run is a ``train --folds K`` folder; its
 ``oof/combined.csv`` (with ``--ctr-model``) or ``oof/predictions.csv`` holds every film's
 out-of-fold score. The two runs must have scored the same films. For each score column both
-runs have, overall, against each kind of negative and per view: B's AUROC minus A's, with a
-95 % interval from 2,000 bootstrap resamples of patients, the same resamples for both runs
-(so the interval is paired). A film either run left without a score (a flagged ratio) is left
-out of that column's comparison.
+runs have (the probability; with a segment model the ratio and the combined score too),
+overall, against each kind of negative and per view: B's AUROC minus A's, with a 95 % interval
+from 2,000 bootstrap resamples of patients, the same resamples for both runs (so the interval
+is paired). A film either run left without a score (a flagged ratio) is left out of that
+column's comparison.
 
     python benchmarks/compare_oof.py runs/train/cv5 runs/train/cv5-320
 """
@@ -21,7 +22,7 @@ import pandas as pd
 
 from cardiomegaly.evaluate.metrics import auroc, patient_bootstrap, percentile_interval
 
-SCORES = ("probability", "combined", "combined_or_probability")
+SCORES = ("probability", "ctr", "combined", "combined_or_probability")
 
 
 def read_oof(run: str | Path) -> pd.DataFrame:

@@ -177,12 +177,13 @@ def test_a_resume_on_changed_films_or_patients_is_refused(cv_run, tiny_phantoms,
     with pytest.raises(UserError, match=r"patients changed since this run began \(a patient's "
                        r"images are now in two folds\)"):  # fmt: skip
         train(resume=run)
+    assert (run / "folds.csv").read_bytes() == folds and not (run / "fold2").exists()
     # A folds.csv of an earlier version: one row per patient id, no paths.
-    (run / "folds.csv").write_text("patient,fold,images,positives\n00001,0,2,1\n")
+    earlier = b"patient,fold,images,positives\n00001,0,2,1\n"
+    (run / "folds.csv").write_bytes(earlier)
     with pytest.raises(UserError, match="not a folds.csv of this version"):
         train(resume=run)
-    (run / "folds.csv").write_bytes(folds)
-    assert (run / "folds.csv").read_bytes() == folds and not (run / "fold2").exists()
+    assert (run / "folds.csv").read_bytes() == earlier
 
 
 def _write_oof(run, patients, labels, scores, kinds):

@@ -53,9 +53,8 @@ def main() -> None:
         ctr.append(got.ctr if ok else np.nan)
         ctar.append(area_ratio(got.masks) if ok else np.nan)
     ctr, ctar = np.array(ctr, float), np.array(ctar, float)
-    same = np.isnan(ctr) == frame["ctr"].isna().to_numpy()
-    close = np.allclose(ctr[~np.isnan(ctr)], frame["ctr"].dropna().to_numpy(), atol=1e-5)
-    if not (same.all() and close):
+    same = (np.isnan(ctr) == frame["ctr"].isna().to_numpy()).all()
+    if not same or not np.allclose(ctr[~np.isnan(ctr)], frame["ctr"].dropna(), atol=1e-5):
         raise SystemExit(f"{run}: the ratio measured again differs from the run's")
     measured = ~np.isnan(ctar)
     probability, view = frame["probability"].to_numpy(), frame["view"].fillna("").to_numpy()

@@ -16,7 +16,9 @@ The ``unet-encoder`` candidates are the ``unet_encoder`` classifier: the encoder
 segment task's U-Net (global average pooling, one logit) on whole films;
 ``unet-encoder-256-seg-init`` is the ``small-data`` preset's recipe started from ``--seg-model
 SEGMODEL`` (a JSRT U-Net), and ``small-data`` the preset as it ships, which also cuts the films
-to the thorax with that model inside the tool (the same films as ``--crop-thorax`` gives).
+to the thorax with that model inside the tool (the same films as ``--crop-thorax`` gives);
+the earlier ``small-data`` candidates keep the 16 epochs without weight averaging that the
+preset had when they were measured (``small-data-16``: the preset before it adopted them).
 
     python benchmarks/recipes_nih.py --data ../shared/data/nih-cxr-cardiomegaly \\
         --data ../shared/data/nih-cxr-other-findings --candidates resnet18-128 inception-128 \\
@@ -76,16 +78,21 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "resnet18-128-ema": {"arch": "resnet18", "image_size": 128, "epochs": 20, "batch_size": 32,
                          "lr": 1e-3, "ema": 0.99},
     "densenet121-128": {"arch": "densenet121", "image_size": 128, "epochs": 16, "batch_size": 32},
-    # the small-data preset's network (the JSRT U-Net's encoder, 256 px, 16 epochs) on whole
-    # films from random weights, where all layers train from the start at lr 1e-3 ...
-    "unet-encoder-256": {"preset": "small-data", "thorax_crop": "none", "tta": False},
+    # the small-data preset's network (the JSRT U-Net's encoder, 256 px, 16 epochs as the
+    # preset then was) on whole films from random weights, where all layers train from the
+    # start at lr 1e-3 ...
+    "unet-encoder-256": {"preset": "small-data", "thorax_crop": "none", "tta": False,
+                         "epochs": 16, "ema": 0.0},
     # ... from the segment model's encoder (--seg-model), 3 epochs head only, then all layers
     # at lr 1e-3 ...
     "unet-encoder-256-seg-init": {"preset": "small-data", "weights": "segment",
-                                  "thorax_crop": "none", "tta": False},
+                                  "thorax_crop": "none", "tta": False, "epochs": 16, "ema": 0.0},
     # ... the same on films the segment model cuts to the thorax ...
-    "small-data-no-tta": {"preset": "small-data", "weights": "segment", "tta": False},
-    # ... and the preset as it ships: answering through test-time views as well
+    "small-data-no-tta": {"preset": "small-data", "weights": "segment", "tta": False,
+                          "epochs": 16, "ema": 0.0},
+    # ... answering through test-time views as well ...
+    "small-data-16": {"preset": "small-data", "weights": "segment", "epochs": 16, "ema": 0.0},
+    # ... and the preset as it ships: 32 epochs, the weights averaged over the steps
     "small-data": {"preset": "small-data", "weights": "segment"},
 }  # fmt: skip
 

@@ -47,6 +47,7 @@ def test_the_small_data_preset_trains_the_head_first_then_exports_and_explains(
                                      weights=str(segment_model), image_size=80, epochs=1,
                                      batch_size=8, split=SPLIT, export_onnx=True)  # fmt: skip
     assert (config.arch, config.head_epochs, config.unfreeze) == ("unet_encoder", 3, ["all"])
+    assert config.ema == 0.995  # the preset's weight average (docs/experiments.md)
     run = train(config, out=tmp_path / "run").run_dir
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["preset"] == "small-data" and saved["backbone_lr"] == 1e-3

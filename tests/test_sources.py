@@ -188,6 +188,12 @@ def test_a_csv_with_a_patient_column_needs_no_data_yaml_to_group_a_patients_film
     pd.DataFrame(table).to_csv(tmp_path / "labels.csv", index=False)
     records = load_records(tmp_path / "labels.csv")
     assert list(records.table["patient"]) == ["p1", "p1", "p2", "p2"] and not records.notes
+    # A patient column wins over a patient_regex (README: the regex is for tables without one),
+    # and the note says the regex was not used.
+    records = load_records(_yaml(tmp_path, format="csv", csv="labels.csv",
+                                 patient_regex=r"^(f\d)"))  # fmt: skip
+    assert list(records.table["patient"]) == ["p1", "p1", "p2", "p2"]
+    assert records.notes == ["patient_regex not used: the patients are in column 'patient'"]
 
 
 def _csv_dataset(tmp_path, labels=("Cardiomegaly", "No Finding", "No Finding", "Cardiomegaly")):

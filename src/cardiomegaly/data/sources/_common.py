@@ -134,7 +134,12 @@ def _drop_unlabelled(table: pd.DataFrame) -> pd.DataFrame:
 def _patient_column(
     df: pd.DataFrame, column: str, paths: pd.Series, cfg: DataConfig, notes: list[str], where: Path
 ) -> pd.Series:
+    """Each row's patient: the column named, else a column called ``patient``, else
+    ``patient_regex`` on the file name, else the file name (each image its own patient)."""
+    column = column or ("patient" if "patient" in df.columns else "")
     if column:
+        if cfg.patient_regex:
+            notes.append(f"patient_regex not used: the patients are in column '{column}'")
         return df[column].astype(str).str.strip()
     names = paths.map(lambda p: Path(p).name)
     if cfg.patient_regex:

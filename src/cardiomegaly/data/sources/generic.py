@@ -84,9 +84,7 @@ def read_csv(root: Path, cfg: DataConfig) -> Result:
             "source_row": _rows(csv, df),
         }
     )
-    # A column named "patient" is the patient's without being named (unless a regex is asked for).
-    patient = cols.patient or ("patient" if "patient" in df and not cfg.patient_regex else "")
-    table["patient"] = _patient_column(df, patient, table["path"], cfg, notes, csv)
+    table["patient"] = _patient_column(df, cols.patient, table["path"], cfg, notes, csv)
     if cols.box:
         x0, y0, x1, y1 = (pd.to_numeric(df[c], errors="coerce") for c in cols.box)
         table["box_x"], table["box_y"], table["box_w"], table["box_h"] = x0, y0, x1 - x0, y1 - y0

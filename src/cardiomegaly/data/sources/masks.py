@@ -69,9 +69,7 @@ def read_masks(root: Path, cfg: DataConfig) -> Result:
     labels_csv = root / (cfg.csv or "labels.csv")
     if cfg.csv or labels_csv.is_file():
         table = _join_labels(table, labels_csv, root)
-    table["patient"] = _patient_column(
-        table, "patient" if "patient" in table else "", table["path"], cfg, notes, root
-    )
+    table["patient"] = _patient_column(table, "", table["path"], cfg, notes, root)
     table, excluded = with_reference_ratio(table)
     if "label" not in table:
         table["label"] = (table["ctr"] > 0.5).astype(int)

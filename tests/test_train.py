@@ -111,6 +111,8 @@ def test_with_ema_the_model_file_holds_the_average_of_the_weights(phantoms, tmp_
     assert set(saved) == set(average)
     assert all(torch.equal(saved[k], average[k]) for k in saved)
     assert any(not torch.equal(saved[k], last["model"][k]) for k in saved)  # not the raw ones
+    report = (tmp_path / "run" / "test" / "report.html").read_text()
+    assert "averaged over the training steps, decay 0.5 per step (about the last 2 steps)" in report
 
 
 def _torchrun_train(phantoms, tmp_path, *argv) -> subprocess.CompletedProcess:

@@ -132,6 +132,15 @@ def _model_selection(meta: dict[str, Any]) -> list[str]:
     return ["model selection", esc(text)]
 
 
+def _weight_average(training: dict[str, Any]) -> list[list[str]]:
+    """A row for a model whose weights are an average over the training steps (--ema)."""
+    decay = training.get("config", {}).get("ema") or 0
+    if not decay:
+        return []
+    return [["weights", esc(f"averaged over the training steps, decay {decay:g} per step "
+                            f"(about the last {round(1 / (1 - decay))} steps)")]]  # fmt: skip
+
+
 def _what_was_evaluated(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
     training = meta.get("training", {})
     pre, threshold = meta["preprocessing"], meta["threshold"]
@@ -145,6 +154,7 @@ def _what_was_evaluated(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
                             f"{pre['resize']}")],
         ["trained on", esc(f"{sources_text(training.get('data', 'unknown'))} {trained_on}")],
         ["weights at start", esc(training.get("weights", {}).get("source", "unknown"))],
+        *_weight_average(training),
         _model_selection(meta),
         ["threshold", esc(f"{threshold['value']:.4f}, rule {threshold['rule']}, chosen on the "
                          f"{threshold.get('chosen_on', '?')}")],

@@ -134,7 +134,7 @@ def _model_selection(meta: dict[str, Any]) -> list[str]:
 
 def _weight_average(training: dict[str, Any]) -> list[list[str]]:
     """A row for a model whose weights are an average over the training steps (--ema)."""
-    decay = training.get("config", {}).get("ema") or 0
+    decay = (training.get("config") or {}).get("ema") or 0
     if not decay:
         return []
     return [["weights", esc(f"averaged over the training steps, decay {decay:g} per step "

@@ -131,6 +131,17 @@ def film_keys(records: Records) -> pd.Series:
     )
 
 
+def split_patient(parts: pd.Series, records: Records) -> tuple[pd.Series, list[str]] | None:
+    """The first patient whose images ``parts`` (a split or fold per row) puts in more than one
+    part: that patient's image paths and the parts; None when every patient is in one."""
+    per_patient = parts.groupby(records.table["patient"]).unique()
+    mixed = per_patient[per_patient.map(len) > 1]
+    if not len(mixed):
+        return None
+    films = film_keys(records)[records.table["patient"] == mixed.index[0]]
+    return films, sorted(str(part) for part in mixed.iloc[0])
+
+
 def save_splits(records: Records, split: pd.Series, path: str | Path) -> None:
     """Write ``splits.csv``: patient (the pseudonym), split, label, and the image path relative
     to the data root, which is how :func:`read_splits` matches it back."""
@@ -175,13 +186,12 @@ def read_splits(path: str | Path, records: Records) -> pd.Series:
             f"{path}: {len(unknown)} images of the data are not in this split file "
             f"(e.g. {unknown.iloc[0]}); draw a new split instead of --split-file"
         )
-    per_patient = split.groupby(records.table["patient"]).unique()
-    mixed = per_patient[per_patient.map(len) > 1]
-    if len(mixed):
-        films = keys[records.table["patient"] == mixed.index[0]]
+    mixed = split_patient(split, records)
+    if mixed:
+        films, parts = mixed
         raise DataError(
             f"{path}: it puts the images of one patient ({', '.join(films.iloc[:2])}) in "
-            f"{' and '.join(sorted(mixed.iloc[0]))}; a patient's images must stay in one split"
+            f"{' and '.join(parts)}; a patient's images must stay in one split"
         )
     return split.rename("split")
 

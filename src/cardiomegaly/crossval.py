@@ -38,7 +38,7 @@ from .combine import CombinedScore
 from .config import THRESHOLD_RULES, TrainConfig, save_yaml
 from .data.cache import seen_metadata
 from .data.records import Records, absolute_sources, load_records
-from .data.split import film_keys, fold_split, patient_folds, save_splits, split_patient
+from .data.split import film_keys, fold_split, patient_folds, patient_in_two_parts, save_splits
 from .errors import UserError
 from .evaluate.combined import assess_combined, measure_records
 from .evaluate.metrics import choose_threshold, operating_point
@@ -136,7 +136,7 @@ def _saved_folds(records: Records, path: Path) -> pd.Series:
             f"{gone} gone), so its folds no longer hold; start a new run"
         )
     folds = keys.map(saved).astype(int).rename("fold")
-    if split_patient(folds, records):
+    if patient_in_two_parts(folds, records):
         raise UserError(
             f"{path.parent}: the data's patients changed since this run began (a patient's "
             "images are now in two folds), so its folds no longer hold; start a new run"

@@ -131,7 +131,7 @@ def film_keys(records: Records) -> pd.Series:
     )
 
 
-def split_patient(parts: pd.Series, records: Records) -> tuple[pd.Series, list[str]] | None:
+def patient_in_two_parts(parts: pd.Series, records: Records) -> tuple[pd.Series, list[str]] | None:
     """The first patient whose images ``parts`` (a split or fold per row) puts in more than one
     part: that patient's image paths and the parts; None when every patient is in one."""
     per_patient = parts.groupby(records.table["patient"]).unique()
@@ -186,7 +186,7 @@ def read_splits(path: str | Path, records: Records) -> pd.Series:
             f"{path}: {len(unknown)} images of the data are not in this split file "
             f"(e.g. {unknown.iloc[0]}); draw a new split instead of --split-file"
         )
-    mixed = split_patient(split, records)
+    mixed = patient_in_two_parts(split, records)
     if mixed:
         films, parts = mixed
         raise DataError(

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cardiomegaly import (
-    AugmentConfig,
-    ConfigError,
-    DataConfig,
-    PreprocessConfig,
-    SplitConfig,
-    TrainConfig,
-)
+from cardiomegaly import ConfigError, DataConfig, PreprocessConfig, SplitConfig
 from cardiomegaly.config import from_dict, load_yaml, save_yaml
 
 
@@ -41,14 +34,6 @@ def test_bad_values_are_refused(data, match):
 def test_preprocess_refuses_images_smaller_than_inception_accepts():
     with pytest.raises(ConfigError, match="under 75"):
         PreprocessConfig(image_size=64)
-
-
-def test_simulated_fluid_is_a_share_of_films_and_only_for_the_segment_task():
-    with pytest.raises(ConfigError, match="augment.fluid: 1.5 is not a share between 0 and 1"):
-        AugmentConfig(fluid=1.5)
-    with pytest.raises(ConfigError, match="augment.fluid: .* it is for --task segment"):
-        TrainConfig.from_preset("demo", augment={"fluid": 0.3})
-    assert TrainConfig.from_preset("segment", augment={"fluid": 0.3}).augment.fluid == 0.3
 
 
 def test_yaml_round_trip(tmp_path):

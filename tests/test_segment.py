@@ -18,7 +18,6 @@ from cardiomegaly.data.sources.masks import read_mask, reference_ctr
 from cardiomegaly.errors import UserError
 from cardiomegaly.model import load_model, read_metadata
 from cardiomegaly.segment.ctr import AP_NOTE, MASK_CLASSES
-from cardiomegaly.segment.data import simulated_fluid
 from cardiomegaly.segment.measure import Measurer
 from cardiomegaly.segment.model import load_segmenter
 from makers import gradient, one_line_error, write_dicom
@@ -126,30 +125,6 @@ def test_the_jsrt_ratios_are_reproduced_from_its_masks():
 
 
 # ----------------------------------------------------------------------- training, model file
-
-
-def test_simulated_fluid_whitens_a_lung_base_towards_the_heart_and_leaves_the_masks_alone():
-    size = 64
-    masks = torch.zeros(3, size, size)
-    masks[0, 30:50, 26:38] = 1  # heart
-    masks[1, 10:50, 38:56] = 1  # the patient's left lung, on the film's right
-    masks[2, 10:50, 8:26] = 1
-    film = torch.full((1, size, size), 0.9)
-    film[0][masks[1:].sum(0) > 0] = 0.2
-    film[0][masks[0] > 0] = 0.7
-    given = masks.clone()
-    torch.manual_seed(0)
-    for _ in range(20):
-        out = simulated_fluid(film, masks)
-        assert torch.equal(masks, given)
-        assert (out >= film).all() and (out <= 0.9).all()  # denser, never past the bright parts
-        gain = (out - film)[0]
-        base_over_top = [gain[46:50, cols].mean() - gain[10:14, cols].mean()
-                         for cols in (slice(38, 56), slice(8, 26))]  # fmt: skip
-        assert max(base_over_top) > 0.1  # a lung's base, not its top, took the fluid
-    no_heart = masks.clone()
-    no_heart[0] = 0
-    assert torch.equal(simulated_fluid(film, no_heart), film)
 
 
 def test_a_segment_run_folder_holds_the_model_its_curves_and_its_test(seg_run):

@@ -143,13 +143,8 @@ class AugmentConfig:
     contrast: float = 0.1
     gamma: float = 0.15  # exponent in exp(+- this)
     hflip: bool = False  # off: the heart sits on the patient's left
-    # segment task only: the share of films given simulated fluid over a lung's base (the film
-    # only; the masks stay anatomical, so the network learns to outline a lung behind fluid)
-    fluid: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.fluid <= 1:
-            raise ConfigError(f"augment.fluid: {self.fluid} is not a share between 0 and 1")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise ConfigError(
                 f"augment.scale: {self.scale} is not [low, high] with 0 < low <= high"
@@ -338,9 +333,6 @@ class TrainConfig:
             self.thorax_crop = None
         if self.thorax_crop and self.task != "classify":
             raise ConfigError("thorax_crop: films are cut for the classify task")
-        if self.augment.fluid and self.task != "segment":
-            raise ConfigError("augment.fluid: simulated fluid needs lung masks; it is for "
-                              "--task segment")  # fmt: skip
         if self.thorax_crop == "weights":
             if self.weights in ("imagenet", "none"):
                 raise ConfigError(

@@ -17,8 +17,9 @@ segment task's U-Net (global average pooling, one logit) on whole films;
 ``unet-encoder-256-seg-init`` is the ``small-data`` preset's recipe started from ``--seg-model
 SEGMODEL`` (a JSRT U-Net), and ``small-data`` the preset as it ships, which also cuts the films
 to the thorax with that model inside the tool (the same films as ``--crop-thorax`` gives);
-the earlier ``small-data`` candidates keep the 16 epochs without weight averaging that the
-preset had when they were measured (``small-data-16``: the preset before it adopted them).
+the earlier ``small-data`` candidates keep the 256 px, and the 16 epochs without weight
+averaging, that the preset had when they were measured (``small-data-16``: the preset before it
+adopted weight averaging; ``small-data-256``: before it adopted 192 px).
 
     python benchmarks/recipes_nih.py --data ../shared/data/nih-cxr-cardiomegaly \\
         --data ../shared/data/nih-cxr-other-findings --candidates resnet18-128 inception-128 \\
@@ -82,17 +83,21 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # preset then was) on whole films from random weights, where all layers train from the
     # start at lr 1e-3 ...
     "unet-encoder-256": {"preset": "small-data", "thorax_crop": "none", "tta": False,
-                         "epochs": 16, "ema": 0.0},
+                         "image_size": 256, "epochs": 16, "ema": 0.0},
     # ... from the segment model's encoder (--seg-model), 3 epochs head only, then all layers
     # at lr 1e-3 ...
     "unet-encoder-256-seg-init": {"preset": "small-data", "weights": "segment",
-                                  "thorax_crop": "none", "tta": False, "epochs": 16, "ema": 0.0},
+                                  "thorax_crop": "none", "tta": False, "image_size": 256,
+                                  "epochs": 16, "ema": 0.0},
     # ... the same on films the segment model cuts to the thorax ...
     "small-data-no-tta": {"preset": "small-data", "weights": "segment", "tta": False,
-                          "epochs": 16, "ema": 0.0},
+                          "image_size": 256, "epochs": 16, "ema": 0.0},
     # ... answering through test-time views as well ...
-    "small-data-16": {"preset": "small-data", "weights": "segment", "epochs": 16, "ema": 0.0},
-    # ... and the preset as it ships: 32 epochs, the weights averaged over the steps
+    "small-data-16": {"preset": "small-data", "weights": "segment", "image_size": 256,
+                      "epochs": 16, "ema": 0.0},
+    # ... 32 epochs, the weights averaged over the steps ...
+    "small-data-256": {"preset": "small-data", "weights": "segment", "image_size": 256},
+    # ... and the preset as it ships: at 192 px
     "small-data": {"preset": "small-data", "weights": "segment"},
 }  # fmt: skip
 

@@ -170,10 +170,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # encoder, started from that model (--weights SEGMODEL: trained on heart and lung masks, e.g.
     # JSRT's), on films that model cuts to the thorax, 3 epochs head only, then every layer at
     # lr 1e-3 (benchmarks/recipes_nih.py), 32 epochs with the weights averaged over about the
-    # last 200 steps (docs/experiments.md: two trainings against other findings, +0.019, +0.014).
+    # last 200 steps (docs/experiments.md: two trainings against other findings, +0.019, +0.014),
+    # at 192 px: the cut then shows the anatomy at about the scale the encoder learnt it on whole
+    # 256 px films (docs/experiments.md: two trainings, 256 px against 192 px).
     "small-data": {
         "arch": "unet_encoder",
-        "image_size": 256,
+        "image_size": 192,
         "epochs": 32,
         "batch_size": 32,
         "head_epochs": 3,

@@ -274,7 +274,7 @@ class TrainConfig:
     preset: str | None = _opt(
         None,
         "demo: phantoms, 128 px, 12 epochs; small-data: the U-Net encoder from a segment model "
-        "(--weights SEGMODEL) on films it cuts to the thorax, 256 px, 32 epochs, weights "
+        "(--weights SEGMODEL) on films it cuts to the thorax, 192 px, 32 epochs, weights "
         "averaged; segment: U-Net, 256 px, 30 epochs (implied by --task segment)",
         choices="presets",
     )

@@ -273,9 +273,11 @@ class TrainConfig:
     cache_dir: str | None = _opt(None, "preprocessing cache (default: user cache folder)")
     preset: str | None = _opt(
         None,
-        "demo: phantoms, 128 px, 12 epochs; small-data: the U-Net encoder from a segment model "
-        "(--weights SEGMODEL) on films it cuts to the thorax, 192 px, 32 epochs, weights "
-        "averaged; segment: U-Net, 256 px, 30 epochs (implied by --task segment)",
+        "demo: phantoms, {demo}; small-data: the U-Net encoder from a segment model "
+        "(--weights SEGMODEL) on films it cuts to the thorax, {small-data}, weights "
+        "averaged; segment: U-Net, {segment} (implied by --task segment)".format_map(
+            {name: f"{p['image_size']} px, {p['epochs']} epochs" for name, p in PRESETS.items()}
+        ),
         choices="presets",
     )
     augment: AugmentConfig = field(default_factory=AugmentConfig)
